@@ -1,0 +1,32 @@
+# Two commands: `make run` (set up, then the whole pipeline) and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test bench lint examples clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[train,serve,dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/digitrec demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/digitrec bench train --out bench.json
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+examples: $(STAMP)
+	$(BIN)/python -m digitrec.synth examples
+
+clean:
+	rm -rf $(VENV) runs out bench.json

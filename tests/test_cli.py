@@ -1,0 +1,107 @@
+"""The command line: instant help, the article's sentence, the JSON contract and bad files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from digitrec.cli import main
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def test_help_is_instant_and_does_not_import_torch():
+    code = (
+        "import sys, contextlib, io\n"
+        "from digitrec.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+        "    try: main(['--help'])\n"
+        "    except SystemExit: pass\n"
+        "print('torch' in sys.modules, 'recognize' in out.getvalue())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "True"]
+    module = subprocess.run(
+        [sys.executable, "-m", "digitrec", "--help"], capture_output=True, text=True
+    )
+    assert module.returncode == 0 and "train" in module.stdout
+
+
+def test_summary_shows_the_articles_parameter_counts(capsys):
+    assert main(["summary", "mlp"]) == 0
+    out = capsys.readouterr().out
+    for count in ("100,480", "1,290", "101,770"):
+        assert count in out
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    good = sorted(p for p in EXAMPLES.iterdir() if "-row-" not in p.name)[:3]
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    return [str(p) for p in good] + [str(folder / "empty.png"), str(folder / "corrupt.jpg")]
+
+
+def test_recognize_json_keeps_order_schema_and_reports_bad_files(tiny_run, inputs, capsys):
+    code = main(["recognize", *inputs, "--model", str(tiny_run.run_dir), "--json"])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert code == 2  # some inputs could not be read
+    assert [line["path"] for line in lines] == inputs
+    for line in lines[:3]:
+        assert set(line) == {"path", "number", "digits"}
+        assert line["number"] == "".join(str(d["digit"]) for d in line["digits"])
+        for digit in line["digits"]:
+            assert 0 <= digit["digit"] <= 9
+            assert len(digit["probabilities"]) == 10
+            assert sum(digit["probabilities"]) == pytest.approx(1.0, abs=1e-4)
+            assert digit["confidence"] == pytest.approx(max(digit["probabilities"]), abs=1e-6)
+    for line in lines[3:]:
+        assert set(line) == {"path", "error"}
+        assert "\n" not in line["error"] and line["error"]
+    assert "empty" in lines[3]["error"]
+
+
+def test_recognize_text_is_the_articles_sentence_and_exit_0_when_all_read(
+    tiny_run, tmp_path, capsys
+):
+    import numpy as np
+
+    from digitrec.synth import draw_digit, encode_format
+
+    path = tmp_path / "seven.png"
+    data, _ = encode_format(
+        draw_digit(7, np.random.default_rng(1)), "png8", np.random.default_rng(2)
+    )
+    path.write_bytes(data)
+    plot = tmp_path / "plot.png"
+    code = main(["recognize", str(path), "--model", str(tiny_run.run_dir), "--plot", str(plot)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert out.startswith("seven.png: The number is probably a ")
+    assert plot.is_file() and plot.stat().st_size > 1000
+
+
+def test_a_missing_model_is_a_one_line_error(tmp_path, capsys):
+    code = main(["recognize", str(EXAMPLES), "--model", str(tmp_path / "nowhere")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.startswith("digitrec: error:") and err.count("\n") == 1
+
+
+def test_evaluate_json_reports_three_splits_and_a_verdict(
+    tiny_run, data_cache, monkeypatch, capsys
+):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(data_cache.parent))
+    assert main(["evaluate", str(tiny_run.run_dir), "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert results["test"]["accuracy"] == pytest.approx(
+        tiny_run.card["metrics"]["test_accuracy"], abs=1e-6
+    )
+    assert {"train", "validation", "test", "verdict"} <= set(results)
+    assert isinstance(results["verdict"], str) and results["verdict"]
