@@ -268,6 +268,40 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from digitrec.export import export_onnx
+
+    result = export_onnx(args.run, args.out)
+    _print(
+        f"exported {result['path']}: parity on {result['parity_images']} MNIST test digits, "
+        f"max |p_onnx - p_torch| = {result['max_abs_diff']:.2e}, labels identical"
+    )
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from digitrec import explain
+
+    if args.lines:
+        path = explain.explain_lines(Path(args.out), data_dir=args.data_dir, show=args.show)
+    else:
+        if not args.image:
+            raise FileNotFoundError("explain needs an IMAGE (or --lines)")
+        path = explain.explain_image(args.image, args.model, Path(args.out), show=args.show)
+    _print(f"explanation: {path}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from digitrec.serve import run_server
+
+    run_server(
+        model=args.model, backend=args.backend, host=args.host, port=args.port,
+        cors_origins=args.cors_origin or [],
+    )  # fmt: skip
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="digitrec", description="Recognize handwritten digits: train, evaluate, read images."
@@ -326,6 +360,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="FILE", help="draw each image with its answer")
     p.add_argument("--stages", metavar="DIR", help="save each preprocessing step as a PNG")
     p.set_defaults(func=cmd_recognize)
+
+    p = sub.add_parser("export", help="export a run to ONNX, checked against PyTorch")
+    p.add_argument("run", help="run directory or .safetensors file")
+    p.add_argument("--format", default="onnx", choices=["onnx"])
+    p.add_argument("--out", help="output file (default RUN_DIR/model.onnx)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("explain", help="kernels, activation maps, softmax, saliency of an image")
+    p.add_argument("image", nargs="?", help="an image file")
+    p.add_argument("--model", help="run directory (default: bundled)")
+    p.add_argument("--out", default="out/explain", help="folder for the figures and explain.html")
+    p.add_argument("--lines", action="store_true", help="the article's line-kernel example")
+    p.add_argument("--show", action="store_true", help="also open the figures in a window")
+    p.add_argument("--data-dir", help="folder with the four IDX files")
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("serve", help="REST API and drawing page")
+    p.add_argument("--model", help="run directory, .safetensors or .onnx (default: bundled)")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx"])
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--cors-origin", action="append", help="allow this origin (repeatable)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="the whole pipeline end to end (what `make run` runs)")
     p.add_argument("--out", default="out/demo", help="where figures and the run go")
