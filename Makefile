@@ -19,7 +19,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
-	$(BIN)/digitrec bench train --out bench.json
+	$(BIN)/digitrec bench train --seeds 3 --budget-s 150 --out bench.json --plot docs/bench.png
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

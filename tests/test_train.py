@@ -26,7 +26,7 @@ def test_the_run_directory_describes_the_run(tiny_run):
     for name in ("model.safetensors", "model.json", "history.json"):
         assert (run / name).is_file()
     card = json.loads((run / "model.json").read_text())
-    assert card["model"] == "cnn"
+    assert card["model"] == "fastcnn"
     assert card["recipe_name"] == "fast"
     assert card["dataset"]["name"] == "mnist"
     assert card["dataset"]["sha256"]["train-images"].startswith("ba891046")

@@ -268,6 +268,39 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from digitrec import bench, checkpoint, data
+    from digitrec.config import DataConfig
+    from digitrec.train import make_splits
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    dataset = data.load("mnist", data_dir=args.data_dir)
+    splits = make_splits(dataset, DataConfig(subset=args.subset), args.device)
+    recipes = [name.strip() for name in args.recipes.split(",") if name.strip()]
+
+    def show(name: str, run: dict) -> None:
+        reached = ", ".join(
+            f"{label} in {run[key]:.1f}s" if run[key] is not None else f"{label} never"
+            for label, key in (("99.0%", "time_to_99_0_s"), ("99.5%", "time_to_99_5_s"))
+        )
+        _print(f"{name} seed {run['seed']}: final {run['final_test_accuracy']:.4f} after "
+               f"{run['epochs']:g} epochs; {reached}")  # fmt: skip
+
+    report = bench.run_benchmark(splits, recipes, args.seeds, args.device, args.budget_s,
+                                 args.max_epochs, on_result=show)  # fmt: skip
+    report["settings"] = {"subset": args.subset, "budget_s": args.budget_s,
+                          "max_epochs": args.max_epochs, "seeds": args.seeds}  # fmt: skip
+    checkpoint.write_json(args.out, report)
+    _print(bench.table(report))
+    _print(f"results: {args.out}")
+    if args.plot:
+        _print(f"plot: {bench.plot(report, args.plot)}")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from digitrec.export import export_onnx
 
@@ -360,6 +393,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="FILE", help="draw each image with its answer")
     p.add_argument("--stages", metavar="DIR", help="save each preprocessing step as a PNG")
     p.set_defaults(func=cmd_recognize)
+
+    p = sub.add_parser("bench", help="time-to-accuracy benchmark against the reference recipes")
+    p.add_argument("what", choices=["train"], help="what to benchmark")
+    p.add_argument("--recipes", default="fast,reference-pytorch,reference-keras")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per recipe")
+    p.add_argument("--out", default="bench.json", help="JSON results file")
+    p.add_argument("--plot", metavar="FILE", help="time-versus-accuracy plot (PNG)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    p.add_argument("--budget-s", type=float, help="stop a run after this much training time")
+    p.add_argument("--max-epochs", type=float, help="cap every recipe's epochs")
+    p.add_argument("--subset", type=int, help="train on the first N images (quick checks)")
+    p.add_argument("--data-dir", help="folder with the four IDX files")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("export", help="export a run to ONNX, checked against PyTorch")
     p.add_argument("run", help="run directory or .safetensors file")

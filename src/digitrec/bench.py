@@ -1,0 +1,189 @@
+"""The training benchmark: our recipes against the reference recipes, side by side.
+
+Every recipe trains on the same machine in the same process; the test set is evaluated at the
+end of each epoch (four times an epoch for `fast`) with the training clock stopped, giving a
+time-versus-accuracy curve per seed. The JSON this writes is the source of every speed figure
+the README quotes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import tempfile
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from digitrec.config import recipe
+from digitrec.models import count_parameters, create_model
+from digitrec.train import Splits, bf16_supported, evaluate, fit
+
+DEFAULT_RECIPES = ("fast", "reference-pytorch", "reference-keras")
+THRESHOLDS = {"time_to_99_0_s": 0.990, "time_to_99_5_s": 0.995}
+EVALS_PER_EPOCH = {"fast": 4}
+
+
+class _OverBudget(Exception):
+    """Raised from the evaluation hook to end a recipe's run once its time budget is spent."""
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "bf16": bf16_supported("cpu"),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def time_to(curve: Sequence[Sequence[float]], accuracy: float) -> float | None:
+    """Training seconds at the first point [seconds, accuracy, ...] reaching `accuracy`."""
+    return next((point[0] for point in curve if point[1] >= accuracy), None)
+
+
+def bench_recipe(
+    name: str,
+    splits: Splits,
+    seed: int,
+    device: str = "cpu",
+    budget_s: float | None = None,
+    max_epochs: float | None = None,
+) -> dict[str, Any]:
+    """Train one recipe with one seed; return its curve and the times to 99.0% and 99.5%."""
+    config = recipe(name, seed=seed, device=device, calibrate=False,
+                    evals_per_epoch=EVALS_PER_EPOCH.get(name, 1))  # fmt: skip
+    if max_epochs is not None:
+        config = dataclasses.replace(config, epochs=min(config.epochs, max_epochs))
+    curve: list[list[float]] = []
+
+    def on_eval(model: torch.nn.Module, epoch: float, seconds: float) -> None:
+        accuracy = evaluate(model, splits.test)["accuracy"]
+        model.train()
+        curve.append([round(seconds, 3), round(accuracy, 5), round(epoch, 3)])
+        if budget_s is not None and seconds >= budget_s:
+            raise _OverBudget
+
+    with tempfile.TemporaryDirectory() as run_dir:
+        try:
+            fit(config, splits, run_dir, recipe_name=name, on_eval=on_eval)
+        except _OverBudget:
+            pass
+    result: dict[str, Any] = {"seed": seed, "curve": curve}
+    for key, threshold in THRESHOLDS.items():
+        result[key] = time_to(curve, threshold)
+    result["final_test_accuracy"] = curve[-1][1] if curve else None
+    result["epochs"] = curve[-1][2] if curve else 0
+    return result
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    """Mean over seeds; None unless every seed reached the value."""
+    if not values or any(v is None for v in values):
+        return None
+    return sum(values) / len(values)
+
+
+def run_benchmark(
+    splits: Splits,
+    recipes: Sequence[str] = DEFAULT_RECIPES,
+    seeds: int = 3,
+    device: str = "cpu",
+    budget_s: float | None = None,
+    max_epochs: float | None = None,
+    on_result: Callable[[str, dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """All recipes x seeds; returns the benchmark JSON document."""
+    report: dict[str, Any] = {"machine": machine(), "device": device, "recipes": {}}
+    for name in recipes:
+        config = recipe(name)
+        runs = []
+        for seed in range(seeds):
+            run = bench_recipe(name, splits, seed, device, budget_s, max_epochs)
+            runs.append(run)
+            if on_result is not None:
+                on_result(name, run)
+        finals = [r["final_test_accuracy"] for r in runs if r["final_test_accuracy"] is not None]
+        report["recipes"][name] = {
+            "model": config.model,
+            "params": count_parameters(create_model(config.model, **config.model_args))
+            * max(1, config.members),
+            "seeds": runs,
+            "curve": runs[0]["curve"] if runs else [],
+            **{key: _mean([r[key] for r in runs]) for key in THRESHOLDS},
+            "final_test_accuracy": _mean(finals) if finals else None,
+            "final_test_accuracy_min": min(finals) if finals else None,
+        }
+    return report
+
+
+def speedups(report: dict[str, Any], ours: str = "fast") -> dict[str, float | None]:
+    """How many times sooner `ours` reaches 99.0% than each other recipe."""
+    recipes = report["recipes"]
+    mine = recipes.get(ours, {}).get("time_to_99_0_s")
+    out = {}
+    for name, entry in recipes.items():
+        theirs = entry.get("time_to_99_0_s")
+        if name != ours:
+            out[name] = theirs / mine if mine and theirs else None
+    return out
+
+
+def table(report: dict[str, Any]) -> str:
+    """The benchmark as a plain-text table."""
+    lines = [
+        f"{'recipe':18s} {'params':>10s} {'to 99.0%':>10s} {'to 99.5%':>10s} "
+        f"{'final (mean)':>12s} {'final (min)':>11s} {'fast is':>10s}"
+    ]
+    ratios = speedups(report)
+
+    def seconds(value: float | None) -> str:
+        return f"{value:.1f}s" if value is not None else "never"
+
+    def percent(value: float | None) -> str:
+        return f"{value:.2%}" if value is not None else "-"
+
+    for name, entry in report["recipes"].items():
+        ratio = ratios.get(name)
+        lines.append(
+            f"{name:18s} {entry['params']:>10,d} {seconds(entry['time_to_99_0_s']):>10s} "
+            f"{seconds(entry['time_to_99_5_s']):>10s} {percent(entry['final_test_accuracy']):>12s} "
+            f"{percent(entry['final_test_accuracy_min']):>11s} "
+            f"{(f'{ratio:.1f}x faster' if ratio else ''):>10s}"
+        )
+    return "\n".join(lines)
+
+
+def plot(report: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Test accuracy against training seconds, one line per recipe and seed."""
+    from digitrec.figures import pyplot, save
+
+    plt = pyplot()
+    figure, ax = plt.subplots(figsize=(7, 4.2))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, (name, entry) in enumerate(report["recipes"].items()):
+        for run_index, run in enumerate(entry["seeds"]):
+            if not run["curve"]:
+                continue
+            seconds, accuracy = zip(*[(s, a) for s, a, *_ in run["curve"]], strict=True)
+            ax.plot(seconds, [100 * a for a in accuracy], marker="o", markersize=3,
+                    color=colours[index % len(colours)], alpha=1.0 if run_index == 0 else 0.4,
+                    label=name if run_index == 0 else None)  # fmt: skip
+    for accuracy in (99.0, 99.5):
+        ax.axhline(accuracy, color="grey", linewidth=0.8, linestyle="--")
+    ax.set_xscale("log")
+    ax.set_ylim(97.0, 100.0)
+    ax.set_xlabel("training time (s, log scale; test evaluations not counted)")
+    ax.set_ylabel("MNIST test accuracy (%)")
+    ax.set_title(f"Time to accuracy on {report['machine']['cpu_count']} CPU cores")
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    return save(figure, path)

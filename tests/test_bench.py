@@ -1,0 +1,66 @@
+"""The training benchmark on a tiny budget: every recipe runs a few steps and learns, and the
+JSON has its schema. Timings are never asserted here; `make bench` reports them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from digitrec import bench
+from digitrec.cli import main
+from digitrec.config import DataConfig, recipe
+from digitrec.train import fit, make_splits
+
+
+@pytest.fixture(scope="module")
+def small(mnist):
+    return make_splits(mnist, DataConfig(subset=1200, validation_size=500))
+
+
+@pytest.mark.parametrize(
+    "name", ["fast", "accurate", "ensemble", "robust", "article", "reference-pytorch",
+             "reference-keras"],
+)  # fmt: skip
+def test_every_recipe_runs_a_few_steps_and_learns(name, small, tmp_path):
+    config = recipe(name, epochs=0.5 if name != "ensemble" else 0.25, batch_size=64)
+    if config.members > 1:
+        config = recipe(name, epochs=0.25, batch_size=64, members=2, member_kernels=(3, 5))
+    result = fit(config, small, tmp_path / name, recipe_name=name)
+    # Chance is 10%; a few steps of any working recipe is well above it.
+    assert result.card["metrics"]["test_accuracy"] > 0.3
+    assert result.card["recipe_name"] == name
+
+
+def test_time_to_reads_the_curve():
+    curve = [[1.0, 0.97, 0.25], [2.0, 0.991, 0.5], [3.0, 0.996, 1.0]]
+    assert bench.time_to(curve, 0.990) == 2.0
+    assert bench.time_to(curve, 0.995) == 3.0
+    assert bench.time_to(curve, 0.999) is None
+
+
+def test_benchmark_json_has_its_schema(mnist, data_cache, monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(data_cache.parent))
+    out, plot = tmp_path / "bench.json", tmp_path / "bench.png"
+    code = main(["bench", "train", "--recipes", "fast,reference-keras", "--seeds", "2",
+                 "--subset", "1000", "--max-epochs", "0.5", "--out", str(out),
+                 "--plot", str(plot)])  # fmt: skip
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert {"machine", "recipes"} <= set(report)
+    assert report["machine"]["cpu_count"] >= 1
+    assert set(report["recipes"]) == {"fast", "reference-keras"}
+    for entry in report["recipes"].values():
+        assert entry["params"] > 0
+        assert len(entry["seeds"]) == 2
+        assert entry["curve"] and all(len(point) == 3 for point in entry["curve"])
+        seconds = [point[0] for point in entry["curve"]]
+        assert seconds == sorted(seconds)
+        for key in ("time_to_99_0_s", "time_to_99_5_s", "final_test_accuracy"):
+            assert key in entry
+            assert entry[key] is None or entry[key] >= 0
+    # `fast` is evaluated four times in its (capped) epoch, the references once.
+    assert len(report["recipes"]["fast"]["curve"]) == 4
+    assert len(report["recipes"]["reference-keras"]["curve"]) == 1
+    assert plot.stat().st_size > 1000
+    assert "fast is" in capsys.readouterr().out
