@@ -151,9 +151,13 @@ def make_scheduler(
     optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LRScheduler:
     if config.schedule == "onecycle":
+        # OneCycleLR divides by the length of its warm-up phase, which rounds to zero steps on
+        # very short runs (5 steps at 20% warm-up): keep at least two warm-up steps.
+        total_steps = max(total_steps, 4)
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=config.learning_rate, total_steps=max(total_steps, 2),
-            pct_start=config.warmup, div_factor=10.0, final_div_factor=100.0,
+            optimizer, max_lr=config.learning_rate, total_steps=total_steps,
+            pct_start=min(max(config.warmup, 2 / total_steps), 0.5),
+            div_factor=10.0, final_div_factor=100.0,
         )  # fmt: skip
     if config.schedule == "step":  # stepped once per epoch, as pytorch/examples does
         return torch.optim.lr_scheduler.LambdaLR(
