@@ -453,8 +453,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:
         from digitrec.checkpoint import ModelError
         from digitrec.data import DataError
+        from digitrec.preprocess import ImageError
 
-        if isinstance(error, DataError | ModelError | KeyError | FileNotFoundError):
+        if isinstance(error, DataError | ModelError | ImageError | KeyError | FileNotFoundError):
             print(f"digitrec: error: {error}", file=sys.stderr)
             return 1
         raise

@@ -1,0 +1,362 @@
+"""The evaluation report of a trained run: test metrics, figures and one self-contained HTML page.
+
+The metrics are pure numpy functions over labels, predictions and probabilities, so they can be
+checked by hand; `write_report` runs the model once over the test set and writes `report.html`
+(figures embedded as data URIs, readable offline), `metrics.json`, `confusion.txt` and the PNGs.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from digitrec import figures
+
+CALIBRATION_BINS = 15
+GALLERY_SIZE = 40
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Raw scores (N, K) -> probabilities (N, K) that sum to 1 per row."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)  # exp never overflows
+    exps = np.exp(shifted)
+    return exps / exps.sum(axis=-1, keepdims=True)
+
+
+def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Mean negative log-probability of the true class (the training loss)."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    log_probabilities = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    return float(-log_probabilities[np.arange(len(labels)), labels].mean())
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+    """Counts (num_classes, num_classes): row = true label, column = predicted label."""
+    labels = np.asarray(labels, dtype=np.int64)
+    predictions = np.asarray(predictions, dtype=np.int64)
+    flat = np.bincount(labels * num_classes + predictions, minlength=num_classes * num_classes)
+    return flat.reshape(num_classes, num_classes)
+
+
+def per_class_metrics(confusion: np.ndarray) -> list[dict[str, float]]:
+    """Precision, recall, F1 and support per class from a confusion matrix (0 where undefined).
+
+    precision = right / predicted as the class, recall = right / truly the class.
+    """
+    confusion = np.asarray(confusion, dtype=np.float64)
+    right = np.diag(confusion)
+    predicted = confusion.sum(axis=0)
+    actual = confusion.sum(axis=1)
+    rows = []
+    for index in range(len(confusion)):
+        precision = right[index] / predicted[index] if predicted[index] else 0.0
+        recall = right[index] / actual[index] if actual[index] else 0.0
+        total = precision + recall
+        f1 = 2 * precision * recall / total if total else 0.0
+        rows.append(
+            {
+                "precision": float(precision),
+                "recall": float(recall),
+                "f1": float(f1),
+                "support": int(actual[index]),
+            }
+        )
+    return rows
+
+
+def reliability_bins(
+    confidences: np.ndarray, correct: np.ndarray, bins: int = CALIBRATION_BINS
+) -> dict[str, np.ndarray]:
+    """Equal-width confidence bins (lo, hi] over [0, 1]: edges, counts, mean confidence and
+    accuracy per bin (0 in an empty bin)."""
+    confidences = np.asarray(confidences, dtype=np.float64)
+    correct = np.asarray(correct, dtype=np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    index = np.clip(np.ceil(confidences * bins).astype(np.int64) - 1, 0, bins - 1)
+    counts = np.bincount(index, minlength=bins)
+    safe = np.maximum(counts, 1)
+    return {
+        "edges": edges,
+        "counts": counts,
+        "confidence": np.bincount(index, weights=confidences, minlength=bins) / safe,
+        "accuracy": np.bincount(index, weights=correct, minlength=bins) / safe,
+    }
+
+
+def expected_calibration_error(
+    confidences: np.ndarray, correct: np.ndarray, bins: int = CALIBRATION_BINS
+) -> float:
+    """ECE: the digit-weighted mean gap between accuracy and confidence over the bins."""
+    table = reliability_bins(confidences, correct, bins)
+    total = table["counts"].sum()
+    if total == 0:
+        return 0.0
+    gaps = np.abs(table["accuracy"] - table["confidence"])
+    return float((table["counts"] * gaps).sum() / total)
+
+
+def confident_mistakes(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Indices of misclassified digits, the most confident mistake first."""
+    predictions = probabilities.argmax(axis=1)
+    wrong = np.flatnonzero(predictions != labels)
+    confidence = probabilities[wrong, predictions[wrong]]
+    return wrong[np.argsort(-confidence, kind="stable")]
+
+
+def split_metrics(
+    logits: np.ndarray, labels: np.ndarray, classes: Sequence[str], bins: int = CALIBRATION_BINS
+) -> dict[str, Any]:
+    """Everything `metrics.json` holds, from the model's logits (N, K) and the labels (N,)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    probabilities = softmax(logits)
+    predictions = probabilities.argmax(axis=1)
+    confidences = probabilities.max(axis=1)
+    correct = predictions == labels
+    confusion = confusion_matrix(labels, predictions, len(classes))
+    per_class = per_class_metrics(confusion)
+    table = reliability_bins(confidences, correct, bins)
+    return {
+        "size": int(len(labels)),
+        "accuracy": float(correct.mean()) if len(labels) else 0.0,
+        "loss": cross_entropy(logits, labels) if len(labels) else 0.0,
+        "errors": int((~correct).sum()),
+        "ece": expected_calibration_error(confidences, correct, bins),
+        "calibration_bins": bins,
+        "classes": list(classes),
+        "confusion_matrix": confusion.tolist(),
+        "per_class": {name: row for name, row in zip(classes, per_class, strict=True)},
+        "macro_f1": float(np.mean([row["f1"] for row in per_class])),
+        "reliability": {key: value.tolist() for key, value in table.items()},
+    }
+
+
+def confusion_table(confusion: np.ndarray, classes: Sequence[str]) -> str:
+    """The confusion matrix as fixed-width text: rows true, columns predicted."""
+    confusion = np.asarray(confusion)
+    width = max(5, len(str(confusion.max())) + 1)
+    lines = ["true \\ predicted".ljust(18) + "".join(c.rjust(width) for c in classes)]
+    for name, row in zip(classes, confusion, strict=True):
+        lines.append(name.ljust(18) + "".join(str(v).rjust(width) for v in row))
+    return "\n".join(lines) + "\n"
+
+
+# --- HTML: one self-contained page, every figure inlined -----------------------------------
+
+STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em;
+       color: #222; line-height: 1.45; }
+h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2em; }
+figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { color: #555; font-size: 0.92em; }
+table { border-collapse: collapse; font-size: 0.9em; margin: 0.6em 0; }
+td, th { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: right; }
+th { background: #f6f6f6; } td:first-child, th:first-child { text-align: left; }
+pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
+.note { background: #fff8e1; border-left: 4px solid #ffb300; padding: 0.5em 0.8em; }
+"""
+
+
+def data_uri(path: str | os.PathLike) -> str:
+    """A PNG file as a data: URI, so the page needs no other file."""
+    encoded = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return f"data:image/png;base64,{encoded}"
+
+
+def figure_html(path: str | os.PathLike, caption: str) -> str:
+    """An embedded figure; `caption` is HTML."""
+    alt = html.escape(Path(path).stem.replace("-", " "))
+    return (
+        f'<figure><img src="{data_uri(path)}" alt="{alt}">'
+        f"<figcaption>{caption}</figcaption></figure>"
+    )
+
+
+def table_html(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def html_page(title: str, body: str) -> str:
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>"
+        f"<body>{body}</body></html>\n"
+    )
+
+
+def write_html(path: str | os.PathLike, title: str, body: str) -> Path:
+    path = Path(path)
+    path.write_text(html_page(title, body), encoding="utf-8")
+    return path
+
+
+def read_history(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The run's per-epoch history.json, or [] when the run has none."""
+    run_dir = Path(run_dir)
+    folder = run_dir if run_dir.is_dir() else run_dir.parent
+    path = folder / "history.json"
+    if not path.is_file():
+        return []
+    try:
+        history = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return [h for h in history if isinstance(h, dict) and "epoch" in h]
+
+
+def write_report(
+    run_dir: str | os.PathLike, model: Any, card: dict[str, Any], splits: Any, out_dir
+) -> Path:
+    """Evaluate `model` on the test split and write report.html (and friends) into `out_dir`.
+
+    `model` returns (temperature-scaled) logits for 0..1 images; returns report.html's path.
+    """
+    from digitrec.train import predict_logits
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    classes = list(card.get("classes") or splits.classes or [str(i) for i in range(10)])
+    logits = predict_logits(model, splits.test.images).double().numpy()
+    labels = splits.test.labels.cpu().numpy().astype(np.int64)
+    metrics = split_metrics(logits, labels, classes)
+    metrics["model"] = card.get("model")
+    metrics["dataset"] = card.get("dataset", {}).get("name", splits.dataset)
+    metrics["temperature"] = card.get("temperature", 1.0)
+    confusion = np.array(metrics["confusion_matrix"])
+    probabilities = softmax(logits)
+
+    paths = {
+        "confusion": figures.confusion_heatmap(
+            confusion, classes, out_dir / "confusion.png",
+            f"confusion matrix: {metrics['size']} test digits, accuracy {metrics['accuracy']:.2%}",
+        ),
+        "reliability": figures.reliability_diagram(
+            *(np.array(metrics["reliability"][k]) for k in ("edges", "accuracy", "confidence")),
+            np.array(metrics["reliability"]["counts"]), metrics["ece"],
+            out_dir / "reliability.png",
+        ),
+    }  # fmt: skip
+    mistakes = confident_mistakes(probabilities, labels)[:GALLERY_SIZE]
+    if len(mistakes):
+        images = splits.test.images[mistakes, 0].cpu().numpy()
+        titles = [
+            f"{classes[labels[i]]} → {classes[probabilities[i].argmax()]} "
+            f"{probabilities[i].max():.0%}"
+            for i in mistakes
+        ]
+        paths["mistakes"] = figures.digit_grid(
+            list(images), titles, out_dir / "mistakes.png", cmap=figures.DIGIT_CMAP,
+            suptitle="most confident mistakes: true → predicted (confidence)",
+        )  # fmt: skip
+    history = read_history(run_dir)
+    if history:
+        paths["curves"] = figures.training_curves(history, out_dir / "training-curves.png")
+    metrics["figures"] = {name: path.name for name, path in paths.items()}
+
+    text_table = confusion_table(confusion, classes)
+    (out_dir / "confusion.txt").write_text(text_table, encoding="utf-8")
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    body = _report_body(run_dir, card, metrics, paths, text_table, history)
+    return write_html(out_dir / "report.html", f"digitrec report: {card.get('model')}", body)
+
+
+def _report_body(
+    run_dir: Any,
+    card: dict[str, Any],
+    metrics: dict[str, Any],
+    paths: dict[str, Path],
+    text_table: str,
+    history: list[dict[str, Any]],
+) -> str:
+    esc = html.escape
+    per_class = [
+        [name, f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}",
+         row["support"]]
+        for name, row in metrics["per_class"].items()
+    ]  # fmt: skip
+    parts = [
+        f"<h1>Evaluation report: {esc(str(card.get('model')))}</h1>",
+        f"<p>Run <code>{esc(str(run_dir))}</code>, dataset {esc(str(metrics['dataset']))}, "
+        f"{card.get('parameters', 0):,} parameters, trained {esc(str(card.get('created', '?')))}"
+        f", softmax temperature {metrics['temperature']:.3g}.</p>",
+        "<h2>Test set</h2>",
+        table_html(
+            [
+                "digits",
+                "accuracy",
+                "loss",
+                "errors",
+                "macro F1",
+                f"ECE ({metrics['calibration_bins']} bins)",
+            ],
+            [
+                [
+                    metrics["size"],
+                    f"{metrics['accuracy']:.4f}",
+                    f"{metrics['loss']:.4f}",
+                    metrics["errors"],
+                    f"{metrics['macro_f1']:.4f}",
+                    f"{metrics['ece']:.4f}",
+                ]
+            ],
+        ),  # fmt: skip
+        "<p>The loss is the mean cross-entropy of the calibrated probabilities; accuracy is the "
+        "share of test digits whose most probable class is the true one.</p>",
+        "<h2>Per class</h2>",
+        "<p>Precision: of the digits read as this class, the share that were. Recall: of the "
+        "digits of this class, the share read as it. F1: their harmonic mean.</p>",
+        table_html(["class", "precision", "recall", "F1", "support"], per_class),
+        "<h2>Confusion matrix</h2>",
+        figure_html(
+            paths["confusion"],
+            "Rows are the true labels, columns the predicted ones; "
+            "the diagonal holds the right answers.",
+        ),  # fmt: skip
+        f"<pre>{esc(text_table)}</pre>",
+        "<h2>Most confident mistakes</h2>",
+    ]
+    if "mistakes" in paths:
+        parts.append(figure_html(
+            paths["mistakes"],
+            f"The {min(GALLERY_SIZE, metrics['errors'])} misclassified test digits the model was "
+            f"surest about, of {metrics['errors']}: true label → predicted label (confidence). "
+            "Some are ambiguous even to a person; some labels look wrong.",
+        ))  # fmt: skip
+    else:
+        parts.append("<p>No test digit was misclassified.</p>")
+    parts.append("<h2>Training curves</h2>")
+    if "curves" in paths:
+        parts.append(figure_html(
+            paths["curves"],
+            f"Loss and accuracy after each of {len(history)} epochs, on the training batches "
+            "and on the held-out validation split. Training figures are averaged over "
+            "each epoch while the weights still change, so early on they trail validation. "
+            "Validation far worse than training is "
+            "overfitting; both poor is underfitting.",
+        ))  # fmt: skip
+    else:
+        parts.append('<p class="note">This run has no history.json, so no curves.</p>')
+    parts += [
+        "<h2>Calibration</h2>",
+        figure_html(
+            paths["reliability"],
+            f"Test digits grouped into {metrics['calibration_bins']} bins by confidence (the "
+            "probability of the predicted class). A calibrated model is right 90% of the time "
+            "when it says 90%: its bars sit on the diagonal. The expected calibration error "
+            f"(ECE) is the digit-weighted mean gap: {metrics['ece']:.4f}.",
+        ),
+        "<p>Files beside this page: <code>metrics.json</code> (every number here, the confusion "
+        "matrix as a list of lists), <code>confusion.txt</code> and the PNG figures.</p>",
+    ]
+    return "\n".join(parts)
