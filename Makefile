@@ -19,7 +19,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
-	$(BIN)/digitrec bench train --seeds 3 --budget-s 150 --out bench.json --plot docs/bench.png
+	$(BIN)/digitrec bench train --seeds 3 --budget-s 150 --out bench-train.json --plot docs/bench.png
+	$(BIN)/digitrec bench realworld --per-kind 200 --out bench-realworld.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
@@ -29,4 +30,4 @@ examples: $(STAMP)
 	$(BIN)/python -m digitrec.synth examples
 
 clean:
-	rm -rf $(VENV) runs out bench.json
+	rm -rf $(VENV) runs out bench*.json

@@ -122,3 +122,13 @@ def test_recipes_round_trip_through_json():
     for name in ("article", "fast", "accurate", "ensemble", "robust"):
         config = recipe(name)
         assert train_config_from_dict(json.loads(json.dumps(to_dict(config)))) == config
+
+
+def test_card_records_the_command_that_reproduces_a_named_recipe(splits):
+    from digitrec.config import recipe
+    from digitrec.train import reproduce_command
+
+    command = reproduce_command(recipe("fast", seed=3), "fast", splits)
+    assert command == "digitrec train --recipe fast --seed 3 --subset 6000"
+    # A recipe with overridden fields is recorded in full in the card instead.
+    assert reproduce_command(recipe("fast", seed=3, epochs=2), "fast", splits) is None

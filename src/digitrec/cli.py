@@ -269,6 +269,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "realworld":
+        return bench_realworld(args)
     from digitrec import bench, checkpoint, data
     from digitrec.config import DataConfig
     from digitrec.train import make_splits
@@ -293,11 +295,31 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                  args.max_epochs, on_result=show)  # fmt: skip
     report["settings"] = {"subset": args.subset, "budget_s": args.budget_s,
                           "max_epochs": args.max_epochs, "seeds": args.seeds}  # fmt: skip
-    checkpoint.write_json(args.out, report)
+    out = args.out or "bench-train.json"
+    checkpoint.write_json(out, report)
     _print(bench.table(report))
-    _print(f"results: {args.out}")
+    _print(f"results: {out}")
     if args.plot:
         _print(f"plot: {bench.plot(report, args.plot)}")
+    return 0
+
+
+def bench_realworld(args: argparse.Namespace) -> int:
+    """Per-kind accuracy and files/s on MNIST test digits rendered as users' files."""
+    from digitrec import checkpoint, data, realworld
+    from digitrec.recognize import Recognizer
+
+    dataset = data.load("mnist", data_dir=args.data_dir)
+    items = realworld.make_set(dataset.test_images, dataset.test_labels, args.per_kind)
+    if args.write:
+        _print(f"wrote {len(realworld.write_set(items, args.write))} files to {args.write}")
+    recognizer = Recognizer.load(args.model)
+    report = {"model": recognizer.card.get("command") or args.model or "bundled",
+              **realworld.score(recognizer, items)}  # fmt: skip
+    out = args.out or "bench-realworld.json"
+    checkpoint.write_json(out, report)
+    _print(realworld.table(report))
+    _print(f"results: {out}")
     return 0
 
 
@@ -395,11 +417,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_recognize)
 
     p = sub.add_parser("bench", help="time-to-accuracy benchmark against the reference recipes")
-    p.add_argument("what", choices=["train"], help="what to benchmark")
+    p.add_argument("what", choices=["train", "realworld"], help="what to benchmark")
     p.add_argument("--recipes", default="fast,reference-pytorch,reference-keras")
     p.add_argument("--seeds", type=int, default=3, help="seeds per recipe")
-    p.add_argument("--out", default="bench.json", help="JSON results file")
+    p.add_argument("--out", help="JSON results file (default bench-WHAT.json)")
     p.add_argument("--plot", metavar="FILE", help="time-versus-accuracy plot (PNG)")
+    p.add_argument("--model", help="realworld: run directory or .onnx (default: bundled)")
+    p.add_argument("--per-kind", type=int, default=100, help="realworld: files per kind")
+    p.add_argument("--write", metavar="DIR", help="realworld: also write the files here")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     p.add_argument("--budget-s", type=float, help="stop a run after this much training time")

@@ -113,10 +113,13 @@ RECIPES: dict[str, TrainConfig] = {
         member_kernels=(3, 5, 7),
         augment=AugmentConfig(enabled=True, rotate_degrees=15, translate=0.1, scale=0.1),
     ),
-    # The default recognition model: trained to read real-world writing, not just MNIST.
+    # The default recognition model: trained to read real-world writing, not just MNIST, and
+    # small enough for tens of thousands of digits a second through ONNX Runtime on 2 cores.
+    # The augmentation is mild on purpose: the preprocessing already centres and sizes digits
+    # like MNIST, and stronger distortion cost MNIST accuracy without gains on real images.
     "robust": TrainConfig(
-        model="cnn",
-        epochs=6,
+        model="fastcnn",
+        epochs=12,
         batch_size=128,
         optimizer="adamw",
         learning_rate=4e-3,
@@ -125,13 +128,13 @@ RECIPES: dict[str, TrainConfig] = {
         ema=0.998,
         augment=AugmentConfig(
             enabled=True,
-            rotate_degrees=15,
-            scale=0.2,
-            shear=0.2,
-            translate=0.12,
-            elastic=1.5,
-            stroke=0.4,
-            blur_noise=0.3,
+            rotate_degrees=10,
+            scale=0.1,
+            shear=0.1,
+            translate=0.06,
+            elastic=1.0,
+            stroke=0.3,
+            blur_noise=0.2,
         ),
     ),
     # pytorch/examples mnist/main.py: Adadelta lr 1.0, StepLR gamma 0.7, batch 64, 14 epochs.

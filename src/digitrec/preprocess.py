@@ -20,6 +20,7 @@ import io
 import os
 import stat
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -286,6 +287,40 @@ def extract_digits(data: bytes, stages: dict[str, np.ndarray] | None = None) -> 
         for index, digit in enumerate(digits):
             stages[f"4-digit-{index}"] = digit.image
     return digits
+
+
+def extract_or_error(source: str | os.PathLike[str] | bytes) -> list[Digit] | ImageError:
+    """`extract_digits` of a file or its bytes, with a bad file's error returned, not raised."""
+    try:
+        data = source if isinstance(source, bytes | bytearray) else read_bytes(source)
+        return extract_digits(bytes(data))
+    except ImageError as error:
+        return error
+
+
+def extract_many(
+    sources: Sequence[str | os.PathLike[str] | bytes], workers: int | None = None
+) -> list[list[Digit] | ImageError]:
+    """`extract_or_error` for many files, on `workers` threads (default: one per core).
+
+    Pillow's decoders and OpenCV release the GIL while they work, so threads run the files in
+    parallel without the start-up cost, pickling and main-module rules of worker processes.
+    """
+    workers = available_cores() if workers is None else workers
+    if workers <= 1 or len(sources) < 2 * workers:
+        return [extract_or_error(source) for source in sources]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(extract_or_error, sources))
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def save_stages(stages: dict[str, np.ndarray], directory: str | os.PathLike[str]) -> list[Path]:

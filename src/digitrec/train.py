@@ -27,9 +27,11 @@ from digitrec import checkpoint, data
 from digitrec.config import (
     MNIST_MEAN,
     MNIST_STD,
+    RECIPES,
     AugmentConfig,
     DataConfig,
     TrainConfig,
+    recipe,
     to_dict,
     train_config_from_dict,
 )
@@ -57,6 +59,7 @@ class Splits:
     dataset: str
     sha256: dict[str, str]
     classes: tuple[str, ...] = field(default_factory=tuple)
+    subset: int | None = None  # trained on the first N training images only
 
 
 def make_splits(dataset: data.Dataset, config: DataConfig, device: str = "cpu") -> Splits:
@@ -78,6 +81,7 @@ def make_splits(dataset: data.Dataset, config: DataConfig, device: str = "cpu") 
         dataset=dataset.name,
         sha256=dict(dataset.sha256),
         classes=tuple(dataset.classes),
+        subset=config.subset,
     )
 
 
@@ -304,6 +308,15 @@ class RunResult:
     model: nn.Module
 
 
+def reproduce_command(config: TrainConfig, recipe_name: str | None, splits: Splits) -> str | None:
+    """The `digitrec train` line that trains this run again, when a named recipe made it."""
+    if recipe_name not in RECIPES or recipe(recipe_name, seed=config.seed) != config:
+        return None  # overridden fields: the card's "recipe" holds the full config instead
+    dataset = "" if splits.dataset == "mnist" else f" --dataset {splits.dataset}"
+    subset = f" --subset {splits.subset}" if splits.subset else ""
+    return f"digitrec train --recipe {recipe_name} --seed {config.seed}{dataset}{subset}"
+
+
 def model_card(
     config: TrainConfig,
     splits: Splits,
@@ -330,6 +343,7 @@ def model_card(
         "dataset": {"name": splits.dataset, "sha256": splits.sha256},
         "recipe_name": recipe_name,
         "recipe": to_dict(config),
+        "command": reproduce_command(config, recipe_name, splits),
         "metrics": metrics,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
