@@ -20,7 +20,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/digitrec bench train --seeds 3 --budget-s 150 --out bench-train.json --plot docs/bench.png
-	$(BIN)/digitrec bench realworld --per-kind 200 --out bench-realworld.json
+	$(BIN)/digitrec bench realworld --per-kind 100 --out bench-realworld.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
