@@ -32,9 +32,8 @@ def test_every_recipe_runs_a_few_steps_and_learns(name, small, tmp_path):
     config = recipe(name, epochs=2, batch_size=64)
     if config.members > 1:
         config = recipe(
-            name, epochs=1, batch_size=64, members=2, member_kernels=(3, 5),
-            model_args={"width": 8},
-        )  # fmt: skip
+            name, epochs=2, batch_size=64, members=2, model_args={"widths": (16, 32, 64)}
+        )
     result = fit(config, small, tmp_path / name, recipe_name=name)
     # Chance is 10%; a few steps of any working recipe is well above it.
     assert result.card["metrics"]["test_accuracy"] > 0.3
