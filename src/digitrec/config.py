@@ -190,4 +190,8 @@ def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:
         )
     if "member_kernels" in values:
         values["member_kernels"] = tuple(values["member_kernels"])
+    if isinstance(values.get("model_args"), dict):  # JSON turned tuples such as widths to lists
+        values["model_args"] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in values["model_args"].items()
+        }
     return TrainConfig(**values)
