@@ -20,7 +20,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/digitrec bench train --seeds 3 --budget-s 150 --out bench-train.json --plot docs/bench.png
+	$(BIN)/digitrec bench train --nproc 1,2 --out bench-train.json
 	$(BIN)/digitrec bench realworld --per-kind 100 --out bench-realworld.json
+	$(BIN)/digitrec bench infer --batch 1024 --out bench-infer.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

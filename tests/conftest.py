@@ -40,3 +40,17 @@ def tiny_run(splits, tmp_path_factory):
 
     config = recipe("fast", epochs=2, seed=0)
     return fit(config, splits, tmp_path_factory.mktemp("run"), recipe_name="fast")
+
+
+@pytest.fixture(scope="session")
+def onnx_run(tiny_run, mnist, tmp_path_factory) -> Path:
+    """A copy of `tiny_run`'s model with its checked ONNX export beside it (RUN/model.onnx)."""
+    import shutil
+
+    from digitrec.export import export_onnx
+
+    folder = tmp_path_factory.mktemp("onnx-run")
+    for name in ("model.safetensors", "model.json"):
+        shutil.copy(tiny_run.run_dir / name, folder / name)
+    export_onnx(folder, images=mnist.test_images[:1000])
+    return folder

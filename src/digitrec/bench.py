@@ -4,14 +4,23 @@ Every recipe trains on the same machine in the same process; the test set is eva
 end of each epoch (four times an epoch for `fast`) with the training clock stopped, giving a
 time-versus-accuracy curve per seed. The JSON this writes is the source of every speed figure
 the README quotes.
+
+`scaling` times the same training on 1, 2, ... processes of this machine (torchrun on loopback),
+each process getting its share of the cores, so the comparison is processes against threads on
+the same hardware.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import platform
+import statistics
+import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +28,7 @@ from typing import Any
 
 import torch
 
+from digitrec import checkpoint
 from digitrec.config import recipe
 from digitrec.models import count_parameters, create_model
 from digitrec.train import Splits, bf16_supported, evaluate, fit
@@ -187,3 +197,81 @@ def plot(report: dict[str, Any], path: str | os.PathLike) -> Path:
     ax.legend(loc="lower right")
     ax.grid(alpha=0.3)
     return save(figure, path)
+
+
+def train_on_processes(
+    name: str, nproc: int, threads: int, seed: int, subset: int | None = None,
+    epochs: float | None = None, data_dir: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """One `torchrun --standalone --nproc_per_node N -m digitrec train` run: its epoch times."""
+    with tempfile.TemporaryDirectory() as run_dir:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                   "--nproc_per_node", str(nproc), "-m", "digitrec", "train", "--recipe", name,
+                   "--seed", str(seed), "--threads", str(threads), "--out", run_dir]  # fmt: skip
+        for flag, value in (("--subset", subset), ("--epochs", epochs), ("--data-dir", data_dir)):
+            if value is not None:
+                command += [flag, str(value)]
+        started = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True)
+        wall = time.perf_counter() - started
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
+        history = json.loads((Path(run_dir) / checkpoint.HISTORY_FILE).read_text())
+        card = json.loads((Path(run_dir) / checkpoint.CARD_FILE).read_text())
+    epoch_seconds = [h["train_seconds"] for h in history]
+    return {
+        "seed": seed,
+        "epoch_seconds": [round(t, 3) for t in epoch_seconds],
+        "seconds_per_epoch": round(sum(epoch_seconds) / len(epoch_seconds), 3),
+        "wall_seconds": round(wall, 3),  # start-up, validation and the final test included
+        "test_accuracy": card["metrics"]["test_accuracy"],
+    }
+
+
+def scaling(
+    name: str, nprocs: Sequence[int], seeds: int = 3, subset: int | None = None,
+    max_epochs: float | None = None, data_dir: str | None = None, cores: int | None = None,
+    on_result: Callable[[int, dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Seconds per epoch of recipe `name` on each number of processes, with speed-up and
+    efficiency against the first: efficiency = speed-up / (cores used / cores used by the first),
+    so on a fixed machine, where every setting uses all cores, it equals the speed-up."""
+    cores = cores or len(os.sched_getaffinity(0))
+    epochs = min(recipe(name).epochs, max_epochs) if max_epochs is not None else None
+    entries: dict[str, Any] = {}
+    for nproc in nprocs:
+        threads = max(1, cores // nproc)
+        runs = []
+        for seed in range(seeds):
+            runs.append(train_on_processes(name, nproc, threads, seed, subset, epochs, data_dir))
+            if on_result is not None:
+                on_result(nproc, runs[-1])
+        entries[str(nproc)] = {
+            "processes": nproc,
+            "threads_per_process": threads,
+            "cores_used": min(cores, nproc * threads),
+            "seconds_per_epoch": statistics.median(r["seconds_per_epoch"] for r in runs),
+            "test_accuracy": statistics.mean(r["test_accuracy"] for r in runs),
+            "runs": runs,
+        }
+    base = entries[str(nprocs[0])]
+    for entry in entries.values():
+        speedup = base["seconds_per_epoch"] / entry["seconds_per_epoch"]
+        entry["speedup"] = round(speedup, 3)
+        entry["efficiency"] = round(speedup * base["cores_used"] / entry["cores_used"], 3)
+    return {"recipe": name, "cores": cores, "subset": subset, "epochs": epochs,
+            "processes": entries}  # fmt: skip
+
+
+def scaling_table(report: dict[str, Any]) -> str:
+    """The scaling benchmark as a plain-text table."""
+    lines = [f"{report['recipe']} recipe on {report['cores']} cores (median over seeds)",
+             f"{'processes':>9s} {'threads':>8s} {'s/epoch':>8s} {'speed-up':>9s} "
+             f"{'efficiency':>10s} {'test acc':>9s}"]  # fmt: skip
+    for entry in report["processes"].values():
+        lines.append(
+            f"{entry['processes']:>9d} {entry['threads_per_process']:>8d} "
+            f"{entry['seconds_per_epoch']:>8.2f} {entry['speedup']:>8.2f}x "
+            f"{entry['efficiency']:>10.0%} {entry['test_accuracy']:>9.2%}"
+        )
+    return "\n".join(lines)

@@ -43,10 +43,17 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide models from other users
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
@@ -133,9 +140,31 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[s
     except json.JSONDecodeError:
         raise ModelError(f"{path}: its model card is not valid JSON") from None
     expected = card.get("tensors_sha256")
-    if expected and tensors_digest(arrays) != expected:
+    if not expected:
+        raise ModelError(f"{path}: its model card has no tensors_sha256 digest to check against")
+    if tensors_digest(arrays) != expected:
         raise ModelError(f"{path}: weights do not match the digest in their card (corrupt file?)")
-    return arrays, card
+    return arrays, _with_readable_card(path, card)
+
+
+def _with_readable_card(path: Path, card: dict[str, Any]) -> dict[str, Any]:
+    """The card, plus what the readable `model.json` beside `model.safetensors` adds to it.
+
+    `model.json` may gain fields after training (the bundled model's real-world accuracy), but
+    it must describe these very weights, and it never overrides the embedded card.
+    """
+    readable = path.parent / CARD_FILE
+    if path.name != WEIGHTS_FILE or not readable.is_file():
+        return card
+    try:
+        extra = json.loads(readable.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise ModelError(f"{readable}: not a readable JSON model card") from None
+    if not isinstance(extra, dict) or extra.get("tensors_sha256") != card["tensors_sha256"]:
+        raise ModelError(
+            f"{readable} describes other weights than {path.name} (its tensors_sha256 differs)"
+        )
+    return {**extra, **card}
 
 
 def read_card(path: str | os.PathLike) -> dict[str, Any]:

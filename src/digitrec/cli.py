@@ -120,9 +120,12 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from digitrec import data
+    from digitrec import data, distributed
     from digitrec.config import DataConfig, recipe
     from digitrec.train import fit, make_splits
+
+    # Under torchrun every process runs this command; rank 0 alone prints and writes.
+    world = distributed.world_from_env()
 
     config = recipe(
         args.recipe, model=args.model, epochs=args.epochs, batch_size=args.batch_size,
@@ -142,10 +145,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     splits = make_splits(
         dataset, DataConfig(dataset=args.dataset, subset=args.subset), config.device
     )
-    _print(f"training {config.model} ({args.recipe} recipe) on {len(splits.train)} {dataset.name} "
-           f"images, validating on {len(splits.validation)} -> {out}")  # fmt: skip
-    result = fit(config, splits, out, recipe_name=args.recipe, on_progress=ProgressBar(),
-                 resume=bool(args.resume))  # fmt: skip
+    if world.is_main:
+        processes = f" on {world.world_size} processes" if world.is_distributed else ""
+        _print(f"training {config.model} ({args.recipe} recipe) on {len(splits.train)} "
+               f"{dataset.name} images{processes}, validating on {len(splits.validation)} "
+               f"-> {out}")  # fmt: skip
+    try:
+        with distributed.process_group(world, config.device, args.timeout):
+            result = fit(config, splits, out, recipe_name=args.recipe, on_progress=ProgressBar(),
+                         resume=bool(args.resume), world=world,
+                         parallel_members=args.parallel_members)  # fmt: skip
+    except distributed.CollectiveTimeout as error:
+        print(f"digitrec: error: {error}", file=sys.stderr)
+        return 1
+    if not world.is_main:
+        return 0
     m = result.card["metrics"]
     _print(f"test accuracy {m['test_accuracy']:.4f}, test loss {m['test_loss']:.4f}, "
            f"{m['train_seconds']:.1f}s of training; saved {out}/model.safetensors")  # fmt: skip
@@ -271,6 +285,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "realworld":
         return bench_realworld(args)
+    if args.what == "infer":
+        return bench_infer(args)
+    if args.nproc:
+        return bench_scaling(args)
     from digitrec import bench, checkpoint, data
     from digitrec.config import DataConfig
     from digitrec.train import make_splits
@@ -281,7 +299,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     dataset = data.load("mnist", data_dir=args.data_dir)
     splits = make_splits(dataset, DataConfig(subset=args.subset), args.device)
-    recipes = [name.strip() for name in args.recipes.split(",") if name.strip()]
+    recipes = [name.strip() for name in (args.recipes or ",".join(bench.DEFAULT_RECIPES)).split(",")
+               if name.strip()]  # fmt: skip
 
     def show(name: str, run: dict) -> None:
         reached = ", ".join(
@@ -304,6 +323,30 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def bench_scaling(args: argparse.Namespace) -> int:
+    """Seconds per epoch on 1, 2, ... processes (torchrun on loopback), added to the bench JSON."""
+    from digitrec import bench, checkpoint
+
+    nprocs = [int(n) for n in args.nproc.split(",")]
+    out = Path(args.out or "bench-train.json")
+    report = json.loads(out.read_text()) if out.is_file() else {}
+    report["scaling"] = {"machine": bench.machine(), "recipes": {}}
+    for name in [n.strip() for n in (args.recipes or "fast").split(",") if n.strip()]:
+
+        def show(nproc: int, run: dict, name: str = name) -> None:
+            seconds, accuracy = run["seconds_per_epoch"], run["test_accuracy"]
+            _print(f"{name} on {nproc} process(es), seed {run['seed']}: {seconds:.2f} s/epoch, "
+                   f"test accuracy {accuracy:.4f}")  # fmt: skip
+
+        result = bench.scaling(name, nprocs, args.seeds, args.subset, args.max_epochs,
+                               args.data_dir, on_result=show)  # fmt: skip
+        report["scaling"]["recipes"][name] = result
+        checkpoint.write_json(out, report)
+        _print(bench.scaling_table(result))
+    _print(f"results: {out}, under scaling")
+    return 0
+
+
 def bench_realworld(args: argparse.Namespace) -> int:
     """Per-kind accuracy and files/s on MNIST test digits rendered as users' files."""
     from digitrec import checkpoint, data, realworld
@@ -323,13 +366,30 @@ def bench_realworld(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    from digitrec.export import export_onnx
+def bench_infer(args: argparse.Namespace) -> int:
+    """PyTorch vs ONNX Runtime: digits/s at one batch size and `recognize` cold start."""
+    from digitrec import checkpoint, export
 
-    result = export_onnx(args.run, args.out)
+    report = export.bench_inference(args.model, batch=args.batch, seconds=args.seconds,
+                                    threads=args.threads, cold_starts=args.cold_starts)  # fmt: skip
+    out = args.out or "bench-infer.json"
+    checkpoint.write_json(out, report)
+    _print(export.inference_table(report))
+    _print(f"results: {out}")
+    return 0 if all(report["met"].values()) else 3
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from digitrec.export import PARITY_TOLERANCE, export_onnx
+
+    result = export_onnx(args.run, args.out, data_dir=args.data_dir)
     _print(
-        f"exported {result['path']}: parity on {result['parity_images']} MNIST test digits, "
-        f"max |p_onnx - p_torch| = {result['max_abs_diff']:.2e}, labels identical"
+        f"exported {result['path']} ({result['bytes']:,d} bytes, opset {result['opset']}, "
+        f"dynamic batch, softmax included, model card in its metadata)"
+    )
+    _print(
+        f"parity with PyTorch on {result['parity_images']} MNIST test digits: max |p_onnx - "
+        f"p_torch| = {result['max_abs_diff']:.2e} (limit {PARITY_TOLERANCE:.0e}), labels identical"
     )
     return 0
 
@@ -397,6 +457,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subset", type=int, help="train on the first N training images only")
     p.add_argument("--out", help="run directory (default runs/RECIPE-MODEL-sSEED)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    p.add_argument(
+        "--parallel-members", action="store_true",
+        help="under torchrun: train an ensemble's members one per process, not data-parallel",
+    )  # fmt: skip
+    p.add_argument(
+        "--timeout", type=float, default=120.0, metavar="SECONDS",
+        help="under torchrun: give up when the other processes do not answer for this long "
+        "(default %(default)g)",
+    )  # fmt: skip
     data_options(p)
     p.set_defaults(func=cmd_train)
 
@@ -417,18 +486,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_recognize)
 
     p = sub.add_parser("bench", help="time-to-accuracy benchmark against the reference recipes")
-    p.add_argument("what", choices=["train", "realworld"], help="what to benchmark")
-    p.add_argument("--recipes", default="fast,reference-pytorch,reference-keras")
+    p.add_argument("what", choices=["train", "realworld", "infer"], help="what to benchmark")
+    p.add_argument("--recipes", help="train: comma-separated recipes (default "
+                   "fast,reference-pytorch,reference-keras; with --nproc: fast)")  # fmt: skip
     p.add_argument("--seeds", type=int, default=3, help="seeds per recipe")
     p.add_argument("--out", help="JSON results file (default bench-WHAT.json)")
     p.add_argument("--plot", metavar="FILE", help="time-versus-accuracy plot (PNG)")
-    p.add_argument("--model", help="realworld: run directory or .onnx (default: bundled)")
+    p.add_argument("--model", help="realworld: run directory or .onnx; infer: run directory "
+                   "or .safetensors (default: bundled)")  # fmt: skip
+    p.add_argument("--batch", type=int, default=1024, help="infer: digits per model call")
+    p.add_argument("--seconds", type=float, default=3.0, help="infer: timing per backend")
+    p.add_argument("--cold-starts", type=int, default=5, help="infer: recognize runs to time")
     p.add_argument("--per-kind", type=int, default=100, help="realworld: files per kind")
     p.add_argument("--write", metavar="DIR", help="realworld: also write the files here")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    p.add_argument("--threads", type=int, help="torch (and infer: onnxruntime) threads "
+                   "(default: all cores)")  # fmt: skip
     p.add_argument("--budget-s", type=float, help="stop a run after this much training time")
     p.add_argument("--max-epochs", type=float, help="cap every recipe's epochs")
+    p.add_argument("--nproc", metavar="N,M", help="train: seconds per epoch on N, M, ... "
+                   "processes of this machine (torchrun), sharing its cores")  # fmt: skip
     p.add_argument("--subset", type=int, help="train on the first N images (quick checks)")
     p.add_argument("--data-dir", help="folder with the four IDX files")
     p.set_defaults(func=cmd_bench)
@@ -437,6 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run directory or .safetensors file")
     p.add_argument("--format", default="onnx", choices=["onnx"])
     p.add_argument("--out", help="output file (default RUN_DIR/model.onnx)")
+    p.add_argument("--data-dir", help="folder with MNIST's IDX files (for the parity check)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("explain", help="kernels, activation maps, softmax, saliency of an image")

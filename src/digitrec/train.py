@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 import time
 from collections.abc import Callable
@@ -23,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from digitrec import checkpoint, data
+from digitrec import checkpoint, data, distributed
 from digitrec.config import (
     MNIST_MEAN,
     MNIST_STD,
@@ -35,6 +36,7 @@ from digitrec.config import (
     to_dict,
     train_config_from_dict,
 )
+from digitrec.distributed import SINGLE_PROCESS, World
 from digitrec.models import count_parameters, create_model
 
 Progress = Callable[[dict[str, Any]], None]
@@ -213,15 +215,22 @@ def train_one_epoch(
     on_step: Callable[[int, int, float, float], None] | None = None,
     on_eval: Callable[[int, float], None] | None = None,
     eval_steps: frozenset[int] = frozenset(),
+    world: World = SINGLE_PROCESS,
 ) -> dict[str, float]:
     """One pass (or `steps` batches) over a fresh permutation; returns loss and accuracy.
 
     `train_seconds` counts only the training steps: `on_eval` runs with the clock stopped.
+    On several processes (`world`), `model` is wrapped in DDP, each rank trains on its shard of
+    every global batch of `config.batch_size`, and the metrics returned are the global ones.
     """
     model.train()
     use_bf16 = config.bf16 and bf16_supported(config.device)
     device_type = "cuda" if config.device.startswith("cuda") else "cpu"
+    # The same permutation on every rank: they share the generator's seed and state.
     order = torch.randperm(len(train), generator=generator, device="cpu").to(train.labels.device)
+    augment_generator = generator
+    if config.augment.enabled and world.is_distributed:
+        augment_generator = distributed.rank_generator(generator, world)
     batches = math.ceil(len(train) / config.batch_size)
     steps = batches if steps is None else min(steps, batches)
     total_loss = torch.zeros((), device=train.labels.device)
@@ -229,21 +238,32 @@ def train_one_epoch(
     seen, train_seconds = 0, 0.0
     start = time.perf_counter()
     for step in range(steps):
-        index = order[step * config.batch_size : (step + 1) * config.batch_size]
+        batch = order[step * config.batch_size : (step + 1) * config.batch_size]
+        index = distributed.shard(batch, world)
         x = to_input(train.images[index], config.channels_last)
         y = train.labels[index]
         if config.augment.enabled:
-            x = augment(x, config.augment, generator_for(generator, x.device))
+            x = augment(x, config.augment, generator_for(augment_generator, x.device))
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=use_bf16):
             logits = model(x)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+        if world.is_distributed:
+            summed = F.cross_entropy(
+                logits.float(), y, label_smoothing=config.label_smoothing, reduction="sum"
+            )
+            # DDP averages the ranks' gradients; scaling each rank's sum by N / global batch
+            # makes that average the gradient of the global batch's mean loss, as on one
+            # process, also when the shares differ in size (the last batch of an epoch).
+            loss = summed * (world.world_size / len(batch))
+            total_loss += summed.detach()
+        else:
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+            total_loss += loss.detach() * len(y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
         if average is not None:
-            average.update(model)
-        total_loss += loss.detach() * len(y)
+            average.update(distributed.unwrap(model))
         total_correct += (logits.argmax(1) == y).sum()
         seen += len(y)
         if on_step is not None and (step % 10 == 0 or step == steps - 1):
@@ -254,9 +274,14 @@ def train_one_epoch(
             model.train()
             start = time.perf_counter()
     train_seconds += time.perf_counter() - start
+    loss_sum, correct, count = total_loss.item(), total_correct.item(), seen
+    if world.is_distributed:  # the global batches' figures, not this rank's shares
+        totals = torch.tensor([loss_sum, correct, count], dtype=torch.float64,
+                              device=total_loss.device)  # fmt: skip
+        loss_sum, correct, count = distributed.sum_over_ranks(totals, world).tolist()
     return {
-        "loss": total_loss.item() / max(seen, 1),
-        "accuracy": total_correct.item() / max(seen, 1),
+        "loss": loss_sum / max(count, 1),
+        "accuracy": correct / max(count, 1),
         "train_seconds": train_seconds,
         "steps": steps,
     }
@@ -302,10 +327,13 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 @dataclass
 class RunResult:
+    """What `fit` trained. On ranks other than 0 the card is empty (rank 0 alone evaluates and
+    writes) and, for an ensemble, history and model are too."""
+
     run_dir: Path
     card: dict[str, Any]
     history: list[dict[str, Any]]
-    model: nn.Module
+    model: nn.Module | None
 
 
 def reproduce_command(config: TrainConfig, recipe_name: str | None, splits: Splits) -> str | None:
@@ -357,22 +385,35 @@ def fit(
     on_progress: Progress | None = None,
     resume: bool = False,
     on_eval: Callable[[nn.Module, float, float], None] | None = None,
+    world: World = SINGLE_PROCESS,
+    parallel_members: bool = False,
 ) -> RunResult:
     """Train a model (or an ensemble of members) and write its run directory.
 
     `on_eval(model, epoch_fraction, train_seconds)` is called `config.evals_per_epoch` times per
     epoch with the training clock stopped (the benchmark measures test accuracy there).
+
+    On several processes (`world`, inside `distributed.process_group`) every rank calls this;
+    they train one model data-parallel, and rank 0 alone evaluates, emits progress and writes
+    `out_dir`; the other ranks return an empty card. With `parallel_members` an ensemble's
+    members are trained one per process instead (see `_fit_ensemble`).
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    emit = on_progress or (lambda event: None)
+    if world.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    emit = on_progress if on_progress is not None and world.is_main else (lambda event: None)
     if config.threads:
         torch.set_num_threads(config.threads)
     if config.members > 1:
-        return _fit_ensemble(config, splits, out_dir, recipe_name, emit, resume)
+        return _fit_ensemble(config, splits, out_dir, recipe_name, emit, resume, world,
+                             parallel_members)  # fmt: skip
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        model, history, temperature = _fit_single(config, splits, out_dir, emit, resume, on_eval)
+        model, history, temperature = _fit_single(
+            config, splits, out_dir, emit, resume, on_eval, world
+        )
+    if not world.is_main:
+        return RunResult(out_dir, {}, history, model)
     test = evaluate(model, splits.test, temperature)
     last = history[-1] if history else {}
     metrics = {
@@ -396,6 +437,7 @@ def _fit_single(
     emit: Progress,
     resume: bool,
     on_eval: Callable[[nn.Module, float, float], None] | None,
+    world: World = SINGLE_PROCESS,
 ) -> tuple[nn.Module, list[dict[str, Any]], float]:
     model = create_model(config.model, **config.model_args).to(config.device)
     if config.channels_last:
@@ -426,6 +468,9 @@ def _fit_single(
         history, best_accuracy, start_epoch = state["history"], state["best"], state["epoch"]
         emit({"event": "resume", "epoch": start_epoch})
 
+    # Wrapped after loading: DDP starts every rank from rank 0's weights and buffers, and the
+    # state saved below is always the unwrapped model's, whatever the number of processes.
+    trained = distributed.wrap(model, world, config.device)
     epochs = math.ceil(config.epochs)
     evals = max(1, config.evals_per_epoch)
     for epoch in range(start_epoch, epochs):
@@ -442,14 +487,17 @@ def _fit_single(
         def eval_event(
             step: int, seconds: float, epoch: int = epoch, base: float = elapsed
         ) -> None:
-            if on_eval is not None:
+            if on_eval is not None and world.is_main:
                 current = _averaged(model, average)
                 on_eval(current, epoch + step / steps_per_epoch, base + seconds)
 
         result = train_one_epoch(
-            model, optimizer, scheduler, splits.train, config, generator, steps=steps,
+            trained, optimizer, scheduler, splits.train, config, generator, steps=steps,
             average=average, on_step=step_event, on_eval=eval_event, eval_steps=eval_steps,
+            world=world,
         )  # fmt: skip
+        if not world.is_main:
+            continue  # rank 0 alone validates and writes; the others go on to the next epoch
         current = _averaged(model, average)
         validation = evaluate(current, splits.validation)
         record = {
@@ -470,7 +518,9 @@ def _fit_single(
         checkpoint.write_json(out_dir / checkpoint.HISTORY_FILE, history)
         emit({"event": "epoch", **record})
 
-    final = create_model(config.model, **config.model_args)
+    if not world.is_main:
+        return model, history, 1.0
+    final = create_model(config.model, **config.model_args).to(config.device)
     final.load_state_dict(best_state if best_state is not None else model.state_dict())
     final.eval()
     temperature = 1.0
@@ -517,35 +567,56 @@ def _save_state(
 
 def _fit_ensemble(
     config: TrainConfig, splits: Splits, out_dir: Path, recipe_name: str | None,
-    emit: Progress, resume: bool,
+    emit: Progress, resume: bool, world: World = SINGLE_PROCESS, parallel_members: bool = False,
 ) -> RunResult:  # fmt: skip
+    """Members one after another, each data-parallel over `world`; or, with `parallel_members`
+    on several processes, one member per process: rank r trains members r, r + N, ... alone and
+    writes their directories, then rank 0 assembles the vote from those directories (on several
+    machines they must be on a filesystem every machine shares)."""
     from digitrec.models import Ensemble
 
-    members, specs, history = [], [], []
+    member_configs = []
     kernels = config.member_kernels or (None,) * config.members
     for index in range(config.members):
         args = dict(config.model_args)
         if kernels[index % len(kernels)] is not None:
             args["kernel_size"] = kernels[index % len(kernels)]
-        member_config = dataclasses.replace(
+        member_configs.append(dataclasses.replace(
             config, members=1, member_kernels=(), model_args=args, seed=config.seed * 100 + index
-        )
+        ))  # fmt: skip
+    parallel = parallel_members and world.is_distributed
+    if parallel:
+        for index in range(world.rank, config.members, world.world_size):
+            member_dir = out_dir / "members" / str(index)
+            if not (resume and (member_dir / checkpoint.WEIGHTS_FILE).is_file()):
+                member_resume = resume and (member_dir / checkpoint.STATE_FILE).is_file()
+                fit(member_configs[index], splits, member_dir, recipe_name, emit, member_resume)
+        distributed.wait_for_all(world, distributed.LONG_WAIT_S)
+        if not world.is_main:
+            return RunResult(out_dir, {}, [], None)
+
+    members, specs, history = [], [], []
+    for index, member_config in enumerate(member_configs):
+        args = member_config.model_args
         emit({"event": "member", "index": index + 1, "of": config.members, "model_args": args})
         member_dir = out_dir / "members" / str(index)
-        done = resume and (member_dir / checkpoint.WEIGHTS_FILE).is_file()
-        if done:
-            from digitrec.recognize import load_model
-
-            model, card = load_model(member_dir)
-            member_history = card.get("history", [])
+        if (parallel or resume) and (member_dir / checkpoint.WEIGHTS_FILE).is_file():
+            if not world.is_main:
+                continue
+            model, card, member_history = _load_member(member_dir, config.device)
         else:
             member_resume = resume and (member_dir / checkpoint.STATE_FILE).is_file()
-            result = fit(member_config, splits, member_dir, recipe_name, emit, member_resume)
+            result = fit(member_config, splits, member_dir, recipe_name, emit, member_resume,
+                         world=world)  # fmt: skip
+            if not world.is_main:
+                continue
             model, card, member_history = result.model, result.card, result.history
         members.append(model)
         specs.append({"model": card["model"], "model_args": card["model_args"],
                       "temperature": card["temperature"]})  # fmt: skip
         history.extend({**h, "member": index + 1} for h in member_history)
+    if not world.is_main:
+        return RunResult(out_dir, {}, [], None)
     ensemble = Ensemble(members, [s["temperature"] for s in specs])
     ensemble.eval()
     test = evaluate(ensemble, splits.test)
@@ -567,3 +638,15 @@ def _fit_ensemble(
     checkpoint.write_json(out_dir / checkpoint.HISTORY_FILE, history)
     emit({"event": "done", "metrics": metrics})
     return RunResult(out_dir, card, history, ensemble)
+
+
+def _load_member(
+    member_dir: Path, device: str = "cpu"
+) -> tuple[nn.Module, dict[str, Any], list[dict[str, Any]]]:
+    """A finished ensemble member from its run directory: (uncalibrated model, card, history)."""
+    arrays, card = checkpoint.read_weights(member_dir)
+    model = create_model(card["model"], **card["model_args"]).to(device)
+    model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in arrays.items()})
+    model.eval()
+    history = json.loads((member_dir / checkpoint.HISTORY_FILE).read_text())
+    return model, card, history
