@@ -251,3 +251,22 @@ def test_an_onnx_file_altered_after_export_is_refused(onnx_run, tmp_path):
     with pytest.raises(ModelError, match="not a usable ONNX model"):
         Recognizer.load(tmp_path / "junk.onnx")
     assert onnx  # imported for the edits above
+
+
+def test_a_batch_read_on_threads_matches_one_file_at_a_time(mnist, tmp_path):
+    # Enough files for extract_many to use its worker threads, with bad ones in the middle:
+    # every file keeps its own answer, in order, and the bad ones their own error.
+    items = realworld.make_set(mnist.test_images, mnist.test_labels, per_kind=2, seed=3)
+    paths = [str(p) for p in realworld.write_set(items, tmp_path / "set")]
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "text.jpg").write_bytes(b"not a jpeg at all")
+    paths[3:3] = [str(tmp_path / "empty.png"), str(tmp_path / "text.jpg")]
+    recognizer = Recognizer.load(None, backend="onnx")
+    together = recognizer.recognize_many(paths)
+    alone = [recognizer.recognize(path) for path in paths]
+    assert [r.path for r in together] == paths
+    assert [r.to_dict() for r in together] == [r.to_dict() for r in alone]
+    assert together[3].error and together[4].error and together[5].error is None
+    read = together[:3] + together[5:]
+    right = sum(r.number == item.label for r, item in zip(read, items, strict=True))
+    assert right >= 0.9 * len(items)

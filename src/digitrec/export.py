@@ -408,7 +408,8 @@ def bench_inference(
 
     from digitrec import synth
     from digitrec.models import count_parameters
-    from digitrec.recognize import OnnxBackend, TorchBackend, available_cores
+    from digitrec.preprocess import available_cores
+    from digitrec.recognize import OnnxBackend, TorchBackend
 
     threads = threads or available_cores()
     images = np.random.default_rng(0).random((batch, 28, 28), dtype=np.float32)
