@@ -320,6 +320,17 @@ def test_to_mnist_keeps_a_thin_one_narrow() -> None:
     assert abs(_centre_of_mass(image)[0] - 14) < 0.5
 
 
+def test_to_mnist_keeps_a_one_that_shrinks_to_two_pixels_wide() -> None:
+    # An 18 x 191 px stroke ends up exactly 2 px wide in the 20 px box: it must still show, at
+    # the centre (cv2.moments reads a two-column array as points and answered zero).
+    ink = np.zeros((300, 300), np.float32)
+    ink[50:241, 140:158] = 1.0
+    image = preprocess.to_mnist(ink, (140, 50, 18, 191))
+    assert image.max() > 0.5
+    assert abs(_centre_of_mass(image)[0] - 14) < 0.5
+    assert abs(_centre_of_mass(image)[1] - 14) < 0.5
+
+
 def test_to_mnist_thickens_a_thin_pen_on_a_big_canvas() -> None:
     # A 2 px pen drawing an 800 px tall 0 on a 1000 px canvas.
     canvas = np.zeros((1000, 1000), np.uint8)

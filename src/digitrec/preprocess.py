@@ -246,11 +246,14 @@ def to_mnist(ink: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
 
     # Paste at the centre of the 28x28 field, then shift so the centre of mass lands on (14, 14)
     # as in MNIST. The shift is sub-pixel; the bilinear warp spreads it over neighbours.
-    moments = cv2.moments(fitted)
-    if moments["m00"] <= 0:
+    # The centre of mass in numpy: cv2.moments takes an array one or two pixels wide (a thin 1)
+    # for a list of points and answers zero.
+    mass = float(fitted.sum())
+    if mass <= 0:
         return np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
-    centre_x = moments["m10"] / moments["m00"]
-    centre_y = moments["m01"] / moments["m00"]
+    rows, columns = np.indices(fitted.shape, dtype=np.float64)
+    centre_x = float((columns * fitted).sum()) / mass
+    centre_y = float((rows * fitted).sum()) / mass
     shift = np.float32([[1, 0, IMAGE_SIZE / 2 - centre_x], [0, 1, IMAGE_SIZE / 2 - centre_y]])
     field = cv2.warpAffine(
         fitted,
