@@ -287,6 +287,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return bench_realworld(args)
     if args.what == "infer":
         return bench_infer(args)
+    if args.what == "serve":
+        return bench_serve(args)
     if args.nproc:
         return bench_scaling(args)
     from digitrec import bench, checkpoint, data
@@ -377,6 +379,35 @@ def bench_infer(args: argparse.Namespace) -> int:
     _print(export.inference_table(report))
     _print(f"results: {out}")
     return 0 if all(report["met"].values()) else 3
+
+
+def bench_serve(args: argparse.Namespace) -> int:
+    """Requests/s and latency of the API under load on loopback; fails on any error."""
+    import numpy as np
+
+    from digitrec import checkpoint, data, serve, synth
+
+    try:
+        concurrency = [int(n) for n in args.concurrency.split(",") if n.strip()]
+    except ValueError:
+        concurrency = []
+    if not (concurrency and all(1 <= n <= serve.MAX_LOAD_CONCURRENCY for n in concurrency)
+            and 1 <= args.requests <= serve.MAX_LOAD_REQUESTS):  # fmt: skip
+        print(f"digitrec: error: --requests must be 1..{serve.MAX_LOAD_REQUESTS} and "
+              f"--concurrency numbers 1..{serve.MAX_LOAD_CONCURRENCY}, such as 16,64",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    # A real digit as the drawing page sends it: MNIST's first test digit drawn on a canvas.
+    dataset = data.load("mnist", data_dir=args.data_dir)
+    image, _, label = synth.render("canvas", [dataset.test_images[0]], np.random.default_rng(0),
+                                   labels=[int(dataset.test_labels[0])])  # fmt: skip
+    report = serve.bench_serve(image, label, model=args.model, requests=args.requests,
+                               concurrency=concurrency)  # fmt: skip
+    out = args.out or "bench-serve.json"
+    checkpoint.write_json(out, report)
+    _print(serve.load_table(report))
+    _print(f"results: {out}")
+    return 3 if any(run["errors"] for run in report["runs"]) else 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -486,18 +517,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_recognize)
 
     p = sub.add_parser("bench", help="time-to-accuracy benchmark against the reference recipes")
-    p.add_argument("what", choices=["train", "realworld", "infer"], help="what to benchmark")
+    p.add_argument("what", choices=["train", "realworld", "infer", "serve"],
+                   help="what to benchmark")  # fmt: skip
     p.add_argument("--recipes", help="train: comma-separated recipes (default "
                    "fast,reference-pytorch,reference-keras; with --nproc: fast)")  # fmt: skip
     p.add_argument("--seeds", type=int, default=3, help="seeds per recipe")
     p.add_argument("--out", help="JSON results file (default bench-WHAT.json)")
     p.add_argument("--plot", metavar="FILE", help="time-versus-accuracy plot (PNG)")
-    p.add_argument("--model", help="realworld: run directory or .onnx; infer: run directory "
-                   "or .safetensors (default: bundled)")  # fmt: skip
+    p.add_argument("--model", help="realworld, serve: run directory or .onnx; infer: run "
+                   "directory or .safetensors (default: bundled)")  # fmt: skip
     p.add_argument("--batch", type=int, default=1024, help="infer: digits per model call")
     p.add_argument("--seconds", type=float, default=3.0, help="infer: timing per backend")
     p.add_argument("--cold-starts", type=int, default=5, help="infer: recognize runs to time")
     p.add_argument("--per-kind", type=int, default=100, help="realworld: files per kind")
+    p.add_argument("--requests", type=int, default=5000, help="serve: requests per run")
+    p.add_argument("--concurrency", default="16,64", metavar="N,M",
+                   help="serve: clients at once, one run each (default %(default)s)")  # fmt: skip
     p.add_argument("--write", metavar="DIR", help="realworld: also write the files here")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, help="torch (and infer: onnxruntime) threads "

@@ -1,0 +1,342 @@
+"""The REST API through FastAPI's test client: the `recognize --json` contract, bad inputs (never a
+500), the model card, OpenAPI, the page, CORS, concurrency and `digitrec bench serve`."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import struct
+import threading
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from digitrec.cli import main
+from digitrec.serve import MAX_REQUEST_BYTES, create_app, load_test, serve_in_thread
+
+DIGIT_FIELDS = {"digit", "confidence", "probabilities", "box", "uncertain"}
+
+
+def paper_png(*digits: np.ndarray, scale: int = 4) -> bytes:
+    """MNIST digits (white on black, 28x28) side by side as dark ink on white paper, as a PNG."""
+    row = np.concatenate([np.pad(digit, 8) for digit in digits], axis=1)  # (28 + 16, N * 44)
+    image = Image.fromarray(255 - row)
+    image = image.resize((image.width * scale, image.height * scale), Image.Resampling.BILINEAR)
+    return png_bytes(image)
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def png_claiming(width: int, height: int, rows: int = 0) -> bytes:
+    """A grayscale PNG whose header says width x height; its data holds ``rows`` white rows,
+    compressed to almost nothing (the rest of the image is missing)."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
+
+    compressor = zlib.compressobj(9)
+    row = b"\x00" + b"\xff" * width  # filter type 0, then the pixels
+    data = b"".join(compressor.compress(row) for _ in range(rows)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit gray
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+    )
+
+
+@pytest.fixture(scope="module")
+def app():
+    return create_app()  # the bundled model (ONNX Runtime: loads in a few milliseconds)
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    with TestClient(app) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def seven(mnist) -> bytes:
+    assert mnist.test_labels[0] == 7
+    return paper_png(mnist.test_images[0])
+
+
+@pytest.fixture(scope="module")
+def seventy_two(mnist) -> bytes:
+    assert list(mnist.test_labels[:2]) == [7, 2]
+    return paper_png(mnist.test_images[0], mnist.test_images[1])
+
+
+def post_png(client: TestClient, data: bytes, query: str = "") -> httpx.Response:
+    return client.post(
+        f"/api/recognize{query}", content=data, headers={"Content-Type": "image/png"}
+    )
+
+
+def assert_problem(response: httpx.Response, status: int) -> str:
+    assert response.status_code == status, response.text
+    detail = response.json()["detail"]
+    assert isinstance(detail, str) and detail and "\n" not in detail
+    return detail
+
+
+# --- the recognize contract -----------------------------------------------------------------
+
+
+def test_upload_and_raw_body_answer_the_json_of_recognize_json(client, seven, tmp_path, capsys):
+    path = tmp_path / "seven.png"
+    path.write_bytes(seven)
+    assert main(["recognize", str(path), "--json"]) == 0
+    cli = json.loads(capsys.readouterr().out)
+
+    upload = client.post("/api/recognize", files={"file": ("seven.png", seven, "image/png")})
+    body = post_png(client, seven)
+    for response, name in ((upload, "seven.png"), (body, "<body>")):
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        assert set(answer) == set(cli) == {"path", "number", "digits"}
+        assert answer["path"] == name
+        assert answer["number"] == "7"
+        assert len(answer["digits"]) == 1
+        digit = answer["digits"][0]
+        assert set(digit) == DIGIT_FIELDS  # no model input unless ?stages=1
+        assert digit["digit"] == 7 and not digit["uncertain"]
+        assert len(digit["probabilities"]) == 10
+        assert abs(sum(digit["probabilities"]) - 1) < 1e-4
+        assert digit["confidence"] == max(digit["probabilities"])
+        assert len(digit["box"]) == 4
+        # The same model on the same bytes: the same answer as the command line, to the digit.
+        assert answer["digits"] == cli["digits"]
+
+
+def test_a_blank_image_has_no_digits(client):
+    response = post_png(client, png_bytes(Image.new("L", (300, 200), 255)))
+    assert response.status_code == 200
+    assert response.json()["number"] == ""
+    assert response.json()["digits"] == []
+
+
+def test_two_digits_side_by_side_read_as_a_number(client, seventy_two):
+    response = post_png(client, seventy_two)
+    assert response.status_code == 200
+    answer = response.json()
+    assert answer["number"] == "72"
+    assert [digit["digit"] for digit in answer["digits"]] == [7, 2]
+    first, second = (digit["box"] for digit in answer["digits"])
+    assert first[0] + first[2] <= second[0]  # left to right
+
+
+def test_stages_return_the_28x28_model_input_of_each_digit(client, seventy_two):
+    answer = post_png(client, seventy_two, "?stages=1").json()
+    assert answer["number"] == "72"
+    for digit in answer["digits"]:
+        prefix, encoded = digit["image"].split(",", 1)
+        assert prefix == "data:image/png;base64"
+        picture = Image.open(io.BytesIO(base64.b64decode(encoded)))
+        assert picture.size == (28, 28) and picture.mode == "L"
+        pixels = np.asarray(picture)
+        assert pixels.max() > 200  # white ink on black, like MNIST
+        assert pixels[0].max() == pixels[-1].max() == 0  # fitted into 20x20: empty borders
+
+
+# --- bad inputs: a 4xx with a one-line reason, never a 500 ----------------------------------
+
+
+def test_a_body_over_10_mib_is_413(client):
+    too_big = b"\x89PNG" + b"\0" * MAX_REQUEST_BYTES
+    assert "too large" in assert_problem(post_png(client, too_big), 413)
+    # Streamed without a Content-Length: counted as it arrives.
+    streamed = client.post(
+        "/api/recognize",
+        content=(too_big[i : i + 2**20] for i in range(0, len(too_big), 2**20)),
+        headers={"Content-Type": "image/png"},
+    )
+    assert "too large" in assert_problem(streamed, 413)
+    upload = client.post("/api/recognize", files={"file": ("big.png", too_big, "image/png")})
+    assert_problem(upload, 413)
+
+
+def test_a_body_that_is_not_an_image_type_is_415(client, seven):
+    response = client.post("/api/recognize", content=seven, headers={"Content-Type": "text/plain"})
+    assert "text/plain" in assert_problem(response, 415)
+    form = client.post("/api/recognize", data={"file": "seven"})  # url-encoded form
+    assert_problem(form, 415)
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["corrupt", "truncated", "empty", "no file field", "empty file", "text field",
+     "bad boundary", "bad query"],
+)  # fmt: skip
+def test_unreadable_requests_are_422_with_a_one_line_reason(client, seven, kind):
+    png = {"Content-Type": "image/png"}
+    if kind == "corrupt":
+        response = client.post("/api/recognize", content=b"\x89PNG not really", headers=png)
+    elif kind == "truncated":
+        response = client.post("/api/recognize", content=seven[: len(seven) // 2], headers=png)
+    elif kind == "empty":
+        response = client.post("/api/recognize", content=b"", headers=png)
+    elif kind == "no file field":
+        files = {"image": ("seven.png", seven, "image/png")}
+        response = client.post("/api/recognize", files=files)
+    elif kind == "empty file":
+        response = client.post("/api/recognize", files={"file": ("seven.png", b"", "image/png")})
+    elif kind == "text field":
+        response = client.post(
+            "/api/recognize", files={"other": ("a.png", seven)}, data={"file": "seven.png"}
+        )
+    elif kind == "bad boundary":
+        response = client.post(
+            "/api/recognize",
+            content=b"no parts here",
+            headers={"Content-Type": "multipart/form-data"},
+        )
+    else:
+        response = client.post("/api/recognize?stages=maybe", content=seven, headers=png)
+    assert_problem(response, 422)
+
+
+def test_decompression_bombs_are_422(client):
+    # A header claiming 10 gigapixels: refused before any pixel is decoded.
+    assert_problem(post_png(client, png_claiming(100_000, 100_000)), 422)
+    # A real 7000x7000 white PNG: 49 megapixels (under the decoder's limit) in 60 KB.
+    solid = png_claiming(7000, 7000, rows=7000)
+    assert len(solid) < 100_000
+    assert "decompression bomb" in assert_problem(post_png(client, solid), 422)
+    upload = client.post("/api/recognize", files={"file": ("solid.png", solid, "image/png")})
+    assert_problem(upload, 422)
+
+
+# --- the other endpoints --------------------------------------------------------------------
+
+
+def test_health_and_model_card(client):
+    health = client.get("/api/health").json()
+    assert health == {"status": "ok", "model": "fastcnn", "backend": "onnx"}
+    card = client.get("/api/model").json()
+    assert card["model"] == "fastcnn"
+    assert card["parameters"] > 10_000
+    assert 0.99 < card["test_accuracy"] <= 1
+    assert card["dataset"]["name"] == "mnist"
+    assert set(card["dataset"]["sha256"]) == {
+        "train-images", "train-labels", "test-images", "test-labels"
+    }  # fmt: skip
+    assert all(len(digest) == 64 for digest in card["dataset"]["sha256"].values())
+    assert len(card["tensors_sha256"]) == 64
+    assert card["recipe_name"] and card["recipe"]["model"] == "fastcnn"
+    assert card["classes"] == [str(label) for label in range(10)]
+
+
+def test_openapi_documents_recognize_with_request_and_response_schemas(client):
+    spec = client.get("/openapi.json").json()
+    post = spec["paths"]["/api/recognize"]["post"]
+    content = post["requestBody"]["content"]
+    assert content["multipart/form-data"]["schema"]["required"] == ["file"]
+    assert content["image/*"]["schema"]["format"] == "binary"
+    assert post["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Recognition"
+    }
+    for status in ("413", "415", "422"):
+        schema = post["responses"][status]["content"]["application/json"]["schema"]
+        assert schema == {"$ref": "#/components/schemas/Problem"}
+    schemas = spec["components"]["schemas"]
+    assert {"path", "number", "digits"} <= set(schemas["Recognition"]["properties"])
+    assert DIGIT_FIELDS <= set(schemas["DigitReading"]["properties"])
+    for path in ("/api/health", "/api/model"):
+        assert "200" in spec["paths"][path]["get"]["responses"]
+    assert client.get("/docs").status_code == 200
+
+
+def test_the_drawing_page_and_its_files_are_served(client):
+    page = client.get("/")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert '<canvas id="canvas"' in page.text
+    assert "'self'" in page.headers["content-security-policy"]
+    assert "http" not in page.text.replace('href="docs"', "")  # no CDN: works offline
+    script = client.get("/static/app.js")
+    assert script.status_code == 200
+    assert "javascript" in script.headers["content-type"]
+    assert "api/recognize" in script.text
+    assert client.get("/static/style.css").status_code == 200
+    assert client.get("/static/nothing.js").status_code == 404
+
+
+def test_cors_only_when_asked_for(app):
+    preflight = {"Origin": "http://example.com", "Access-Control-Request-Method": "POST"}
+    with TestClient(app) as plain:
+        simple = plain.get("/api/health", headers={"Origin": "http://example.com"})
+        assert "access-control-allow-origin" not in simple.headers
+        answer = plain.options("/api/recognize", headers=preflight)
+        assert "access-control-allow-origin" not in answer.headers
+    allowed = create_app(recognizer=app.state.recognizer, cors_origins=("http://example.com",))
+    with TestClient(allowed) as open_client:
+        answer = open_client.options("/api/recognize", headers=preflight)
+        assert answer.status_code == 200
+        assert answer.headers["access-control-allow-origin"] == "http://example.com"
+        simple = open_client.get("/api/health", headers={"Origin": "http://example.com"})
+        assert simple.headers["access-control-allow-origin"] == "http://example.com"
+        other = open_client.get("/api/health", headers={"Origin": "http://evil.example"})
+        assert "access-control-allow-origin" not in other.headers
+
+
+# --- concurrency and the load benchmark -----------------------------------------------------
+
+
+def test_32_concurrent_requests_share_one_model(app, seventy_two):
+    clients = 32
+    start = threading.Barrier(clients)
+    with serve_in_thread(app) as server, httpx.Client(timeout=30.0) as http:
+        assert server.base_url.startswith("http://127.0.0.1:")
+
+        def ask(_: int) -> tuple[int, dict]:
+            start.wait()  # all 32 at once
+            response = http.post(
+                server.base_url + "/api/recognize",
+                content=seventy_two,
+                headers={"Content-Type": "image/png"},
+            )
+            return response.status_code, response.json()
+
+        with ThreadPoolExecutor(clients) as pool:
+            answers = list(pool.map(ask, range(clients)))
+    assert [status for status, _ in answers] == [200] * clients
+    assert answers[0][1]["number"] == "72"
+    assert all(answer == answers[0][1] for _, answer in answers)
+
+
+def test_load_test_counts_failures_and_wrong_answers(app, seven):
+    with serve_in_thread(app) as server:
+        right = load_test(server.base_url, seven, requests=8, concurrency=2, expected="7")
+        wrong = load_test(server.base_url, seven, requests=8, concurrency=2, expected="1")
+        broken = load_test(server.base_url, b"not an image", requests=8, concurrency=2)
+    assert (right["errors"], wrong["errors"], broken["errors"]) == (0, 8, 8)
+    with pytest.raises(ValueError):
+        load_test(server.base_url, seven, requests=0)
+
+
+def test_bench_serve_writes_its_report(mnist, data_cache, monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(data_cache.parent))
+    monkeypatch.delenv("DIGITREC_DATA", raising=False)
+    out = tmp_path / "bench-serve.json"
+    code = main(["bench", "serve", "--requests", "50", "--concurrency", "4,8", "--out", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["expected"] == "7" and report["backend"] == "onnx"
+    assert [run["concurrency"] for run in report["runs"]] == [4, 8]
+    for run in report["runs"]:
+        assert run["requests"] == 50 and run["errors"] == 0
+        assert run["requests_per_second"] > 0
+        assert 0 < run["p50_ms"] <= run["p99_ms"]
+    printed = capsys.readouterr().out
+    assert "requests/s" in printed and "p99 ms" in printed
