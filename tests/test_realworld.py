@@ -50,3 +50,15 @@ def test_bench_realworld_writes_its_json(mnist, data_cache, tiny_run, monkeypatc
     assert report["images"] == len(synth.KINDS)
     assert set(report["per_kind"]) == set(synth.KINDS)
     assert len(list((tmp_path / "files").iterdir())) == len(synth.KINDS)
+
+
+def test_bench_realworld_kinds(mnist, data_cache, tiny_run, monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(data_cache.parent))
+    out = tmp_path / "realworld.json"
+    code = main(["bench", "realworld", "--model", str(tiny_run.run_dir), "--per-kind", "2",
+                 "--kinds", "paper,blank", "--out", str(out)])  # fmt: skip
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["images"] == 4 and set(report["per_kind"]) == {"paper", "blank"}
+    assert main(["bench", "realworld", "--kinds", "paper,napkin"]) == 2
+    assert "unknown: napkin" in capsys.readouterr().err

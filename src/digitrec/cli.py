@@ -351,11 +351,18 @@ def bench_scaling(args: argparse.Namespace) -> int:
 
 def bench_realworld(args: argparse.Namespace) -> int:
     """Per-kind accuracy and files/s on MNIST test digits rendered as users' files."""
-    from digitrec import checkpoint, data, realworld
+    from digitrec import checkpoint, data, realworld, synth
     from digitrec.recognize import Recognizer
 
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()] if args.kinds else synth.KINDS
+    unknown = sorted(set(kinds) - set(synth.KINDS))
+    if unknown or not kinds:
+        print(f"digitrec: error: --kinds takes some of {','.join(synth.KINDS)}; "
+              f"unknown: {','.join(unknown) or '(none given)'}", file=sys.stderr)  # fmt: skip
+        return 2
     dataset = data.load("mnist", data_dir=args.data_dir)
-    items = realworld.make_set(dataset.test_images, dataset.test_labels, args.per_kind)
+    items = realworld.make_set(dataset.test_images, dataset.test_labels, args.per_kind,
+                               kinds=kinds)  # fmt: skip
     if args.write:
         _print(f"wrote {len(realworld.write_set(items, args.write))} files to {args.write}")
     recognizer = Recognizer.load(args.model)
@@ -533,6 +540,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--requests", type=int, default=5000, help="serve: requests per run")
     p.add_argument("--concurrency", default="16,64", metavar="N,M",
                    help="serve: clients at once, one run each (default %(default)s)")  # fmt: skip
+    p.add_argument("--kinds", metavar="K,K", help="realworld: only these kinds of file "
+                   "(default: all)")  # fmt: skip
     p.add_argument("--write", metavar="DIR", help="realworld: also write the files here")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, help="torch (and infer: onnxruntime) threads "
