@@ -53,7 +53,7 @@ def test_benchmark_json_has_its_schema(mnist, data_cache, monkeypatch, tmp_path,
     code = main(["bench", "train", "--recipes", "fast,reference-keras", "--seeds", "2",
                  "--subset", "1000", "--max-epochs", "0.5", "--out", str(out),
                  "--plot", str(plot)])  # fmt: skip
-    assert code == 0
+    assert code == 3  # half an epoch on 1,000 images: the fast recipe's targets are missed
     report = json.loads(out.read_text())
     assert {"machine", "recipes"} <= set(report)
     assert report["machine"]["cpu_count"] >= 1
@@ -71,4 +71,33 @@ def test_benchmark_json_has_its_schema(mnist, data_cache, monkeypatch, tmp_path,
     assert len(report["recipes"]["fast"]["curve"]) == 4
     assert len(report["recipes"]["reference-keras"]["curve"]) == 1
     assert plot.stat().st_size > 1000
-    assert "fast is" in capsys.readouterr().out
+    assert [(t["recipe"], t["accuracy"], t["met"]) for t in report["targets"]] == [
+        ("fast", 0.990, False), ("fast", 0.995, False)
+    ]  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "fast is" in printed and "target fast 99.00% within 2.5s: MISSED" in printed
+
+
+def test_targets_need_every_seed_in_time():
+    def entry(*curves):
+        return {"seeds": [{"curve": curve} for curve in curves]}
+
+    quick = [[1.0, 0.985, 0.25], [2.0, 0.991, 0.5], [9.0, 0.996, 2.0]]
+    late = [[1.0, 0.985, 0.25], [3.0, 0.991, 0.5], [9.0, 0.996, 2.0]]
+    report = {"recipes": {"fast": entry(quick, quick), "reference-keras": entry(quick)}}
+    assert [t["met"] for t in bench.targets(report)] == [True, True]
+    report["recipes"]["fast"] = entry(quick, late)
+    report["targets"] = first, second = bench.targets(report)
+    assert not first["met"] and first["times"] == [2.0, 3.0] and second["met"]
+    assert "MISSED (2 of 2 seeds reached it, in 2.0-3.0s)" in bench.targets_table(report)
+
+
+def test_the_ensemble_benchmarks_its_vote(mnist, data_cache, monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(data_cache.parent))
+    out = tmp_path / "bench.json"
+    code = main(["bench", "train", "--recipes", "ensemble", "--seeds", "1", "--subset", "600",
+                 "--max-epochs", "0.5", "--out", str(out)])  # fmt: skip
+    assert code == 3
+    entry = json.loads(out.read_text())["recipes"]["ensemble"]
+    ((seconds, accuracy, _),) = entry["curve"]
+    assert seconds > 0 and 0.0 <= accuracy <= 1.0 and entry["final_test_accuracy"] == accuracy

@@ -34,7 +34,14 @@ from digitrec.models import count_parameters, create_model
 from digitrec.train import Splits, bf16_supported, evaluate, fit
 
 DEFAULT_RECIPES = ("fast", "reference-pytorch", "reference-keras")
-THRESHOLDS = {"time_to_99_0_s": 0.990, "time_to_99_5_s": 0.995}
+THRESHOLDS = {"time_to_98_5_s": 0.985, "time_to_99_0_s": 0.990, "time_to_99_5_s": 0.995}
+# What each of our recipes must reach on a 2-core CPU: (test accuracy, within seconds of
+# training), by every seed. `bench train` exits with 3 when a recipe it ran misses one.
+TARGETS = {
+    "fast": ((0.990, 2.5), (0.995, 10.0)),
+    "accurate": ((0.9975, 600.0),),
+    "ensemble": ((0.9982, 1800.0),),
+}
 EVALS_PER_EPOCH = {"fast": 4}
 
 
@@ -84,15 +91,19 @@ def bench_recipe(
 
     with tempfile.TemporaryDirectory() as run_dir:
         try:
-            fit(config, splits, run_dir, recipe_name=name, on_eval=on_eval)
+            result = fit(config, splits, run_dir, recipe_name=name, on_eval=on_eval)
         except _OverBudget:
-            pass
-    result: dict[str, Any] = {"seed": seed, "curve": curve}
+            result = None
+    if not curve and result is not None:  # an ensemble: only the vote of the finished members
+        metrics = result.card["metrics"]
+        curve.append([round(metrics["train_seconds"], 3), round(metrics["test_accuracy"], 5),
+                      float(config.epochs)])  # fmt: skip
+    run: dict[str, Any] = {"seed": seed, "curve": curve}
     for key, threshold in THRESHOLDS.items():
-        result[key] = time_to(curve, threshold)
-    result["final_test_accuracy"] = curve[-1][1] if curve else None
-    result["epochs"] = curve[-1][2] if curve else 0
-    return result
+        run[key] = time_to(curve, threshold)
+    run["final_test_accuracy"] = curve[-1][1] if curve else None
+    run["epochs"] = curve[-1][2] if curve else 0
+    return run
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
@@ -132,28 +143,59 @@ def run_benchmark(
             "final_test_accuracy": _mean(finals) if finals else None,
             "final_test_accuracy_min": min(finals) if finals else None,
         }
+    report["targets"] = targets(report)
     return report
 
 
-def speedups(report: dict[str, Any], ours: str = "fast") -> dict[str, float | None]:
-    """How many times sooner `ours` reaches 99.0% than each other recipe."""
+def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target of a recipe in the report: met when every seed reached the accuracy in time;
+    with the seeds' times to that accuracy (None: never) for the note."""
+    results = []
+    for name, entry in report["recipes"].items():
+        for accuracy, seconds in TARGETS.get(name, ()):
+            times = [time_to(run["curve"], accuracy) for run in entry["seeds"]]
+            met = bool(times) and all(t is not None and t <= seconds for t in times)
+            results.append({"recipe": name, "accuracy": accuracy, "seconds": seconds,
+                            "times": times, "met": met})  # fmt: skip
+    return results
+
+
+def targets_table(report: dict[str, Any]) -> str:
+    """One line per target: met or missed, and how the seeds did."""
+    lines = []
+    for target in report.get("targets", []):
+        reached = [t for t in target["times"] if t is not None]
+        how = (f"{len(reached)} of {len(target['times'])} seeds reached it"
+               + (f", in {min(reached):.1f}-{max(reached):.1f}s" if reached else ""))  # fmt: skip
+        verdict = "met" if target["met"] else "MISSED"
+        lines.append(f"target {target['recipe']} {target['accuracy']:.2%} within "
+                     f"{target['seconds']:g}s: {verdict} ({how})")  # fmt: skip
+    return "\n".join(lines)
+
+
+def speedups(
+    report: dict[str, Any], ours: str = "fast", key: str = "time_to_99_0_s"
+) -> dict[str, float | None]:
+    """How many times sooner `ours` reaches the accuracy of `key` than each other recipe."""
     recipes = report["recipes"]
-    mine = recipes.get(ours, {}).get("time_to_99_0_s")
+    mine = recipes.get(ours, {}).get(key)
     out = {}
     for name, entry in recipes.items():
-        theirs = entry.get("time_to_99_0_s")
+        theirs = entry.get(key)
         if name != ours:
             out[name] = theirs / mine if mine and theirs else None
     return out
 
 
 def table(report: dict[str, Any]) -> str:
-    """The benchmark as a plain-text table."""
+    """The benchmark as a plain-text table; the speed-up of `fast` is at 99.0% where both
+    recipes reach it on every seed, else at 98.5%."""
     lines = [
-        f"{'recipe':18s} {'params':>10s} {'to 99.0%':>10s} {'to 99.5%':>10s} "
-        f"{'final (mean)':>12s} {'final (min)':>11s} {'fast is':>10s}"
+        f"{'recipe':18s} {'params':>10s} {'to 98.5%':>9s} {'to 99.0%':>9s} {'to 99.5%':>9s} "
+        f"{'final (mean)':>12s} {'final (min)':>11s}  fast is"
     ]
-    ratios = speedups(report)
+    at_99 = speedups(report, key="time_to_99_0_s")
+    at_98 = speedups(report, key="time_to_98_5_s")
 
     def seconds(value: float | None) -> str:
         return f"{value:.1f}s" if value is not None else "never"
@@ -162,12 +204,17 @@ def table(report: dict[str, Any]) -> str:
         return f"{value:.2%}" if value is not None else "-"
 
     for name, entry in report["recipes"].items():
-        ratio = ratios.get(name)
+        if at_99.get(name):
+            ratio = f"{at_99[name]:.1f}x faster to 99.0%"
+        elif at_98.get(name):
+            ratio = f"{at_98[name]:.1f}x faster to 98.5%"
+        else:
+            ratio = ""
         lines.append(
-            f"{name:18s} {entry['params']:>10,d} {seconds(entry['time_to_99_0_s']):>10s} "
-            f"{seconds(entry['time_to_99_5_s']):>10s} {percent(entry['final_test_accuracy']):>12s} "
-            f"{percent(entry['final_test_accuracy_min']):>11s} "
-            f"{(f'{ratio:.1f}x faster' if ratio else ''):>10s}"
+            f"{name:18s} {entry['params']:>10,d} {seconds(entry.get('time_to_98_5_s')):>9s} "
+            f"{seconds(entry['time_to_99_0_s']):>9s} {seconds(entry['time_to_99_5_s']):>9s} "
+            f"{percent(entry['final_test_accuracy']):>12s} "
+            f"{percent(entry['final_test_accuracy_min']):>11s}  {ratio}".rstrip()
         )
     return "\n".join(lines)
 

@@ -319,10 +319,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     out = args.out or "bench-train.json"
     checkpoint.write_json(out, report)
     _print(bench.table(report))
+    if report["targets"]:
+        _print(bench.targets_table(report))
     _print(f"results: {out}")
     if args.plot:
         _print(f"plot: {bench.plot(report, args.plot)}")
-    return 0
+    return 0 if all(target["met"] for target in report["targets"]) else 3
 
 
 def bench_scaling(args: argparse.Namespace) -> int:
