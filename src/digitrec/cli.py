@@ -254,7 +254,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _print(f"2/5 preview: {preview}")
     config = recipe("fast", seed=args.seed)
     splits = make_splits(dataset, DataConfig())
-    _print(f"3/5 train: {config.model} ({config.epochs:g} epoch, batch {config.batch_size})")
+    epochs = f"{config.epochs:g} epoch{'' if config.epochs == 1 else 's'}"
+    _print(f"3/5 train: {config.model} ({epochs}, batch {config.batch_size})")
     result = fit(config, splits, out / "run", recipe_name="fast", on_progress=ProgressBar())
     _print("4/5 evaluate:")
     from digitrec.recognize import load_model
