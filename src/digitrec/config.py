@@ -84,8 +84,15 @@ RECIPES: dict[str, TrainConfig] = {
         bf16=False,
     ),
     # Seconds on a laptop CPU: a strided batch-norm CNN, one-cycle Adam. A quarter epoch more
-    # than one lifts the worst of three seeds from 98.96% to 99.07% for a second of training.
-    "fast": TrainConfig(model="fastcnn", epochs=1.25, batch_size=128, learning_rate=6e-3),
+    # than one lifts the worst of three seeds from 98.96% to 99.03%; a narrower middle stage
+    # (48 channels, not 64) pays for it: 3.9 s of training instead of 5.1 s, same accuracy.
+    "fast": TrainConfig(
+        model="fastcnn",
+        model_args={"widths": (32, 48, 96)},
+        epochs=1.25,
+        batch_size=128,
+        learning_rate=6e-3,
+    ),
     # One strong model: the strided CNN at twice the width, 24 epochs of affine + elastic
     # augmentation, label smoothing and a weight average.
     "accurate": TrainConfig(
