@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from digitrec import checkpoint
-from digitrec.config import recipe
+from digitrec.config import available_cores, recipe
 from digitrec.models import count_parameters, create_model
 from digitrec.train import Splits, bf16_supported, evaluate, fit
 
@@ -283,7 +283,7 @@ def scaling(
     """Seconds per epoch of recipe `name` on each number of processes, with speed-up and
     efficiency against the first: efficiency = speed-up / (cores used / cores used by the first),
     so on a fixed machine, where every setting uses all cores, it equals the speed-up."""
-    cores = cores or len(os.sched_getaffinity(0))
+    cores = cores or available_cores()
     epochs = min(recipe(name).epochs, max_epochs) if max_epochs is not None else None
     entries: dict[str, Any] = {}
     for nproc in nprocs:

@@ -302,8 +302,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     dataset = data.load("mnist", data_dir=args.data_dir)
     splits = make_splits(dataset, DataConfig(subset=args.subset), args.device)
-    recipes = [name.strip() for name in (args.recipes or ",".join(bench.DEFAULT_RECIPES)).split(",")
-               if name.strip()]  # fmt: skip
+    recipes = _comma_list(args.recipes) or list(bench.DEFAULT_RECIPES)
 
     def show(name: str, run: dict) -> None:
         reached = ", ".join(
@@ -328,15 +327,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0 if all(target["met"] for target in report["targets"]) else 3
 
 
+def _comma_list(text: str | None) -> list[str]:
+    """The items of a comma-separated option, blanks dropped ("a, b,,c": a, b, c; None: none)."""
+    return [part.strip() for part in (text or "").split(",") if part.strip()]
+
+
 def bench_scaling(args: argparse.Namespace) -> int:
     """Seconds per epoch on 1, 2, ... processes (torchrun on loopback), added to the bench JSON."""
     from digitrec import bench, checkpoint
 
-    nprocs = [int(n) for n in args.nproc.split(",")]
+    nprocs = [int(n) for n in _comma_list(args.nproc)]
     out = Path(args.out or "bench-train.json")
     report = json.loads(out.read_text()) if out.is_file() else {}
     report["scaling"] = {"machine": bench.machine(), "recipes": {}}
-    for name in [n.strip() for n in (args.recipes or "fast").split(",") if n.strip()]:
+    for name in _comma_list(args.recipes) or ["fast"]:
 
         def show(nproc: int, run: dict, name: str = name) -> None:
             seconds, accuracy = run["seconds_per_epoch"], run["test_accuracy"]
@@ -357,7 +361,7 @@ def bench_realworld(args: argparse.Namespace) -> int:
     from digitrec import checkpoint, data, realworld, synth
     from digitrec.recognize import Recognizer
 
-    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()] if args.kinds else synth.KINDS
+    kinds = _comma_list(args.kinds) if args.kinds else list(synth.KINDS)
     unknown = sorted(set(kinds) - set(synth.KINDS))
     if unknown or not kinds:
         print(f"digitrec: error: --kinds takes some of {','.join(synth.KINDS)}; "
@@ -398,7 +402,7 @@ def bench_serve(args: argparse.Namespace) -> int:
     from digitrec import checkpoint, data, serve, synth
 
     try:
-        concurrency = [int(n) for n in args.concurrency.split(",") if n.strip()]
+        concurrency = [int(n) for n in _comma_list(args.concurrency)]
     except ValueError:
         concurrency = []
     if not (concurrency and all(1 <= n <= serve.MAX_LOAD_CONCURRENCY for n in concurrency)

@@ -162,6 +162,14 @@ RECIPES: dict[str, TrainConfig] = {
 RECIPES["ensemble"] = dataclasses.replace(RECIPES["accurate"], members=3)
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def recipe(name: str, **overrides: Any) -> TrainConfig:
     """The named recipe with some fields replaced (`None` overrides are ignored)."""
     if name not in RECIPES:

@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from digitrec.config import available_cores
+
 # Long enough for rank 0's validation pass between epochs, short enough that a rank that hangs
 # (a stopped process, a lost machine) ends the job within minutes instead of never.
 DEFAULT_TIMEOUT_S = 120.0
@@ -85,7 +87,7 @@ def backend_for(device: str) -> str:
 
 def threads_per_process(world: World, cores: int | None = None) -> int:
     """This machine's cores shared out among its processes, so they do not oversubscribe."""
-    cores = cores or len(os.sched_getaffinity(0))
+    cores = cores or available_cores()
     return max(1, cores // world.local_world_size)
 
 

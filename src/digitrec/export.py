@@ -407,8 +407,8 @@ def bench_inference(
     import torch
 
     from digitrec import synth
+    from digitrec.config import available_cores
     from digitrec.models import count_parameters
-    from digitrec.preprocess import available_cores
     from digitrec.recognize import OnnxBackend, TorchBackend
 
     threads = threads or available_cores()

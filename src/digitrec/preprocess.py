@@ -28,6 +28,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from digitrec.config import available_cores
+
 IMAGE_SIZE = 28
 BOX_SIZE = 20
 MAX_FILE_BYTES = 20 * 1024 * 1024
@@ -307,28 +309,24 @@ def extract_or_error(
 
 
 def extract_many(
-    sources: Sequence[str | os.PathLike[str] | bytes], workers: int | None = None
+    sources: Sequence[str | os.PathLike[str] | bytes],
+    stages: Sequence[dict | None] | None = None,
+    workers: int | None = None,
 ) -> list[list[Digit] | ImageError]:
-    """`extract_or_error` for many files, on `workers` threads (default: one per core).
+    """`extract_or_error` for many files, on `workers` threads (default: one per core); with
+    ``stages``, one dict (or None) per file to fill with its step pictures.
 
     Pillow's decoders and OpenCV release the GIL while they work, so threads run the files in
     parallel without the start-up cost, pickling and main-module rules of worker processes.
     """
+    stages = list(stages) if stages is not None else [None] * len(sources)
     workers = available_cores() if workers is None else workers
     if workers <= 1 or len(sources) < 2 * workers:
-        return [extract_or_error(source) for source in sources]
+        return [extract_or_error(source, s) for source, s in zip(sources, stages, strict=True)]
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(extract_or_error, sources))
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (its affinity, not the machine's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        return list(pool.map(extract_or_error, sources, stages))
 
 
 def save_stages(stages: dict[str, np.ndarray], directory: str | os.PathLike[str]) -> list[Path]:

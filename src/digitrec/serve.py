@@ -30,7 +30,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from digitrec.preprocess import available_cores
+from digitrec.config import available_cores
 from digitrec.recognize import ImageResult, Recognizer
 
 STATIC_DIR = Path(__file__).parent / "static"
