@@ -74,6 +74,15 @@ def conv_bn(
     )
 
 
+def global_max_pool(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) -> (N, C), the largest response of each channel anywhere in the image.
+
+    adaptive_max_pool2d keeps the argmax for its backward pass; `amax` over (2, 3) rebuilds a
+    mask there, which made every training step of `fastcnn` 15% slower.
+    """
+    return F.adaptive_max_pool2d(x, 1).flatten(1)
+
+
 class ArticleMLP(nn.Module):
     """The article's Keras network: Flatten -> Dense 128 ReLU -> Dense 10 (softmax at output)."""
 
@@ -110,7 +119,7 @@ class DigitCNN(nn.Module):
         x = F.max_pool2d(self.conv1(x), 2)
         x = F.max_pool2d(self.conv2(x), 2)
         x = self.conv3(x)
-        x = torch.amax(x, dim=(2, 3))  # global max pool: (N, c3)
+        x = global_max_pool(x)  # (N, c3)
         return self.classifier(x)
 
 
@@ -119,24 +128,32 @@ class StridedCNN(nn.Module):
 
     On a CPU the elementwise work on large maps (pooling's backward pass, batch norm, ReLU)
     costs more than the convolutions themselves; stride-2 convolutions skip the 28x28 maps and
-    halve the time per step for about the same accuracy.
+    halve the time per step for about the same accuracy. `widths` names one conv per entry:
+    a 5x5 and a 3x3 at stride 2 (28 -> 14 -> 7), then 3x3s at 7x7; a narrow, deeper stack
+    (16, 32, 48, 64) learns as much per epoch as (32, 48, 96) in two thirds of the time.
     """
 
-    def __init__(self, widths: tuple[int, int, int] = (32, 64, 128), num_classes: int = 10) -> None:
+    def __init__(self, widths: tuple[int, ...] = (32, 64, 128), num_classes: int = 10) -> None:
         super().__init__()
-        c1, c2, c3 = widths
+        if len(widths) < 2:
+            raise ValueError(f"fastcnn needs at least 2 widths, got {widths}")
         self.standardize = Standardize()
-        self.conv1 = conv_bn(1, c1, 5, padding=2, stride=2)  # (N, c1, 14, 14)
-        self.conv2 = conv_bn(c1, c2, 3, padding=1, stride=2)  # (N, c2, 7, 7)
-        self.conv3 = conv_bn(c2, c3, 3, padding=1)  # (N, c3, 7, 7)
-        self.classifier = nn.Linear(c3, num_classes)
+        channels = 1
+        # Named conv1, conv2, ... (not a Sequential) so saved weights keep their keys.
+        for index, width in enumerate(widths):
+            kernel, stride = (5, 2) if index == 0 else (3, 2 if index == 1 else 1)
+            self.add_module(
+                f"conv{index + 1}", conv_bn(channels, width, kernel, kernel // 2, stride)
+            )
+            channels = width
+        self.depth = len(widths)
+        self.classifier = nn.Linear(channels, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.standardize(x)
-        x = self.conv1(x)
-        x = self.conv2(x)
-        x = self.conv3(x)
-        x = torch.amax(x, dim=(2, 3))  # global max pool: (N, c3)
+        for index in range(self.depth):
+            x = getattr(self, f"conv{index + 1}")(x)
+        x = global_max_pool(x)  # (N, C)
         return self.classifier(x)
 
 
@@ -165,7 +182,7 @@ class WideCNN(nn.Module):
         x = F.max_pool2d(self.conv1b(self.conv1a(x)), 2)
         x = F.max_pool2d(self.conv2b(self.conv2a(x)), 2)
         x = self.conv3b(self.conv3a(x))
-        x = torch.amax(x, dim=(2, 3))  # (N, c3)
+        x = global_max_pool(x)  # (N, c3)
         return self.classifier(self.dropout(x))
 
 
@@ -249,7 +266,7 @@ def cnn(widths: tuple[int, int, int] = (32, 64, 128)) -> nn.Module:
 
 
 @register_model("fastcnn", "the cnn with strided convolutions: half the time per step on a CPU")
-def fastcnn(widths: tuple[int, int, int] = (32, 64, 128)) -> nn.Module:
+def fastcnn(widths: tuple[int, ...] = (32, 64, 128)) -> nn.Module:
     return StridedCNN(widths=tuple(widths))
 
 

@@ -139,10 +139,11 @@ def augment(x: torch.Tensor, config: AugmentConfig, generator: torch.Generator) 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     params = model.parameters()
-    if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    if config.optimizer in ("adam", "adamw"):
+        # The fused kernel updates every tensor in one call: 5% of a `fast` step on a CPU.
+        adam = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
+        return adam(params, lr=config.learning_rate, betas=config.betas,
+                    weight_decay=config.weight_decay, fused=True)  # fmt: skip
     if config.optimizer == "sgd":
         return torch.optim.SGD(
             params, lr=config.learning_rate, momentum=config.momentum, nesterov=True,
@@ -163,7 +164,7 @@ def make_scheduler(
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=config.learning_rate, total_steps=total_steps,
             pct_start=min(max(config.warmup, 2 / total_steps), 0.5),
-            div_factor=10.0, final_div_factor=100.0,
+            div_factor=10.0, final_div_factor=100.0, cycle_momentum=config.cycle_momentum,
         )  # fmt: skip
     if config.schedule == "step":  # stepped once per epoch, as pytorch/examples does
         return torch.optim.lr_scheduler.LambdaLR(
@@ -458,6 +459,7 @@ def _fit_single(
             emit({"event": "warning", "message": "resuming with the run's own saved recipe"})
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         optimizer.load_state_dict(checkpoint.unflatten_optimizer(tensors, state["optimizer"]))
+        _match_parameter_layout(optimizer)
         scheduler.load_state_dict(state["scheduler"])
         generator.set_state(tensors["rng.generator"])
         torch.set_rng_state(tensors["rng.torch"])
@@ -528,6 +530,18 @@ def _fit_single(
         temperature = fit_temperature(predict_logits(final, splits.validation.images),
                                       splits.validation.labels)  # fmt: skip
     return final, history, temperature
+
+
+def _match_parameter_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give loaded optimizer state its parameter's memory layout (channels-last convs).
+
+    The state comes back from disk contiguous; fused Adam walks parameter, gradient and
+    moments as flat memory, so a layout mismatch would pair the wrong elements.
+    """
+    for param, values in optimizer.state.items():
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor) and value.shape == param.shape:
+                values[key] = torch.empty_like(param).copy_(value)
 
 
 def _averaged(model: nn.Module, average: WeightAverage | None) -> nn.Module:
