@@ -46,6 +46,20 @@ def test_conv_models_train_in_channels_last(name):
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
+def test_fastcnn_takes_one_conv_per_width_and_keeps_the_weight_names():
+    deep = create_model("fastcnn", widths=(16, 32, 48, 64))
+    assert [n for n, kind, _ in layer_table(deep) if kind == "Conv2d"] == [
+        f"conv{i}.0" for i in range(1, 5)
+    ]
+    assert deep(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    # The three-stage default (the bundled model's shape) still names its layers conv1..conv3.
+    assert {k.split(".")[0] for k in create_model("fastcnn").state_dict()} == {
+        "conv1", "conv2", "conv3", "classifier"
+    }
+    with pytest.raises(ValueError, match="at least 2 widths"):
+        create_model("fastcnn", widths=(16,))
+
+
 def test_reference_models_match_their_published_sizes():
     assert count_parameters(create_model("keras-convnet")) == 34_826
     assert count_parameters(create_model("pytorch-example")) == 1_199_882
