@@ -98,12 +98,12 @@ RECIPES: dict[str, TrainConfig] = {
         betas=(0.8, 0.95),
         cycle_momentum=False,
     ),
-    # One strong model: the strided CNN at twice the width, 24 epochs of affine + elastic
-    # augmentation, label smoothing and a weight average.
+    # One strong model: the strided CNN, wider and one conv deeper, 26 epochs of affine +
+    # elastic augmentation, label smoothing and a weight average.
     "accurate": TrainConfig(
         model="fastcnn",
-        model_args={"widths": (64, 128, 256)},
-        epochs=24,
+        model_args={"widths": (64, 128, 192, 256)},
+        epochs=26,
         batch_size=128,
         optimizer="adamw",
         learning_rate=3e-3,
