@@ -54,7 +54,10 @@ def test_fastcnn_takes_one_conv_per_width_and_keeps_the_weight_names():
     assert deep(torch.rand(2, 1, 28, 28)).shape == (2, 10)
     # The three-stage default (the bundled model's shape) still names its layers conv1..conv3.
     assert {k.split(".")[0] for k in create_model("fastcnn").state_dict()} == {
-        "conv1", "conv2", "conv3", "classifier"
+        "conv1",
+        "conv2",
+        "conv3",
+        "classifier",
     }
     with pytest.raises(ValueError, match="at least 2 widths"):
         create_model("fastcnn", widths=(16,))

@@ -86,9 +86,9 @@ RECIPES: dict[str, TrainConfig] = {
         bf16=False,
     ),
     # Seconds on a laptop CPU: a narrow strided batch-norm CNN, 0.9 epoch of one-cycle Adam.
-    # Four thin convs learn as much per epoch as three wide ones in two thirds of the time;
-    # short Adam memories (beta1 0.8 held, beta2 0.95) and a high peak rate suit a run this
-    # short (see the README's performance section for the measurements).
+    # Four thin convs learn as much per epoch as three wider ones (32, 48, 96) in about 85% of
+    # the time; short Adam memories (beta1 0.8 held, beta2 0.95) and a high peak rate lifted
+    # the mean of six seeds after one epoch from 99.06% (beta1 cycled) to 99.15%.
     "fast": TrainConfig(
         model="fastcnn",
         model_args={"widths": (16, 32, 48, 64)},
