@@ -3,13 +3,14 @@ deterministic, and an interrupted run resumes to exactly where an uninterrupted 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 import torch
 
-from digitrec import checkpoint
-from digitrec.config import DataConfig, recipe, to_dict, train_config_from_dict
+from digitrec import checkpoint, train
+from digitrec.config import AugmentConfig, DataConfig, recipe, to_dict, train_config_from_dict
 from digitrec.recognize import load_model
 from digitrec.train import evaluate, fit, make_splits, predict_logits
 
@@ -76,6 +77,27 @@ def test_training_is_deterministic_for_a_seed(small, tmp_path):
     wa, wb, wc = _weights(a.model), _weights(b.model), _weights(c.model)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+
+
+def test_augmentation_stops_after_its_share_of_the_steps(small, tmp_path, monkeypatch):
+    augmented = []
+    real = train.augment
+    monkeypatch.setattr(train, "augment", lambda x, *a: augmented.append(len(x)) or real(x, *a))
+    shifts = AugmentConfig(enabled=True, translate=0.08, until=0.6)
+    # 1,500 images in batches of 100: 15 steps an epoch, 30 in all; 60% is all of epoch 1 and
+    # the first 3 steps of epoch 2.
+    fit(recipe("fast", epochs=2, batch_size=100, augment=shifts), small, tmp_path / "a")
+    assert augmented == [100] * 18
+    # Augmenting none of the steps trains exactly the model that no augmentation does.
+    none = fit(
+        recipe("fast", epochs=1, batch_size=100, augment=dataclasses.replace(shifts, until=0.0)),
+        small,
+        tmp_path / "b",
+    )
+    off = fit(recipe("fast", epochs=1, batch_size=100), small, tmp_path / "c")
+    assert len(augmented) == 18
+    wn, wo = _weights(none.model), _weights(off.model)
+    assert all(torch.equal(wn[k], wo[k]) for k in wn)
 
 
 class Interrupt(Exception):

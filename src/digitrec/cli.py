@@ -533,8 +533,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="time-to-accuracy benchmark against the reference recipes")
     p.add_argument("what", choices=["train", "realworld", "infer", "serve"],
                    help="what to benchmark")  # fmt: skip
-    p.add_argument("--recipes", help="train: comma-separated recipes (default "
-                   "fast,reference-pytorch,reference-keras; with --nproc: fast)")  # fmt: skip
+    p.add_argument("--recipes", help="train: comma-separated recipes (default fast,fast-long,"
+                   "reference-pytorch,reference-keras; with --nproc: fast)")  # fmt: skip
     p.add_argument("--seeds", type=int, default=3, help="seeds per recipe")
     p.add_argument("--out", help="JSON results file (default bench-WHAT.json)")
     p.add_argument("--plot", metavar="FILE", help="time-versus-accuracy plot (PNG)")

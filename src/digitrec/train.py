@@ -217,8 +217,11 @@ def train_one_epoch(
     on_eval: Callable[[int, float], None] | None = None,
     eval_steps: frozenset[int] = frozenset(),
     world: World = SINGLE_PROCESS,
+    augment_steps: int | None = None,
 ) -> dict[str, float]:
     """One pass (or `steps` batches) over a fresh permutation; returns loss and accuracy.
+
+    With augmentation on, the first `augment_steps` batches (default: all) are augmented.
 
     `train_seconds` counts only the training steps: `on_eval` runs with the clock stopped.
     On several processes (`world`), `model` is wrapped in DDP, each rank trains on its shard of
@@ -243,7 +246,7 @@ def train_one_epoch(
         index = distributed.shard(batch, world)
         x = to_input(train.images[index], config.channels_last)
         y = train.labels[index]
-        if config.augment.enabled:
+        if config.augment.enabled and (augment_steps is None or step < augment_steps):
             x = augment(x, config.augment, generator_for(augment_generator, x.device))
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=use_bf16):
             logits = model(x)
@@ -447,6 +450,7 @@ def _fit_single(
     optimizer = make_optimizer(model, config)
     steps_per_epoch = math.ceil(len(splits.train) / config.batch_size)
     total_steps = max(1, round(config.epochs * steps_per_epoch))
+    augment_until = round(config.augment.until * total_steps)  # in steps from the start
     scheduler = make_scheduler(optimizer, config, total_steps, steps_per_epoch)
     average = WeightAverage(model, config.ema) if config.ema > 0 else None
     history: list[dict[str, Any]] = []
@@ -496,7 +500,7 @@ def _fit_single(
         result = train_one_epoch(
             trained, optimizer, scheduler, splits.train, config, generator, steps=steps,
             average=average, on_step=step_event, on_eval=eval_event, eval_steps=eval_steps,
-            world=world,
+            world=world, augment_steps=augment_until - epoch * steps_per_epoch,
         )  # fmt: skip
         if not world.is_main:
             continue  # rank 0 alone validates and writes; the others go on to the next epoch
