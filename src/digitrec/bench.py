@@ -111,8 +111,9 @@ def bench_recipe(
 
 def warm_up(name: str, splits: Splits, device: str = "cpu") -> None:
     """Train recipe `name` for a few steps, untimed. The first steps of a model in a process
-    pay for oneDNN choosing and building its kernels (about 0.1 s of a 2.4 s `fast` run on
-    2 cores); without this the first seed alone would carry that cost."""
+    pay for oneDNN choosing and building its kernels (on 2 cores the first quarter epoch of the
+    first `fast` run took 0.1 s longer than the next runs'); without this the first seed alone
+    would carry that cost."""
     config = recipe(name, device=device, calibrate=False, members=1)
     steps = min(WARM_UP_STEPS, max(1, len(splits.train) // config.batch_size))
     config = dataclasses.replace(config, epochs=steps * config.batch_size / len(splits.train))
