@@ -103,7 +103,9 @@ RECIPES: dict[str, TrainConfig] = {
         label_smoothing=0.1,
     ),
     # One strong model: the strided CNN, wider and one conv deeper, 26 epochs of affine +
-    # elastic augmentation, label smoothing and a weight average.
+    # elastic augmentation, label smoothing and a weight average. The last 15% of the steps
+    # see the digits undistorted: 99.62-99.72% over seeds 0-2 (mean 99.67%) against
+    # 99.62-99.63% (mean 99.63%) with augmentation to the end.
     "accurate": TrainConfig(
         model="fastcnn",
         model_args={"widths": (64, 128, 192, 256)},
@@ -115,7 +117,13 @@ RECIPES: dict[str, TrainConfig] = {
         label_smoothing=0.1,
         ema=0.999,
         augment=AugmentConfig(
-            enabled=True, rotate_degrees=10, scale=0.1, shear=0.1, translate=0.08, elastic=1.0
+            enabled=True,
+            rotate_degrees=10,
+            scale=0.1,
+            shear=0.1,
+            translate=0.08,
+            elastic=1.0,
+            until=0.85,
         ),
     ),
     # The default recognition model: trained to read real-world writing, not just MNIST, and
