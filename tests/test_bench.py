@@ -93,6 +93,22 @@ def test_targets_need_every_seed_in_time():
     assert "MISSED (2 of 2 seeds reached it, in 2.0-3.0s)" in bench.targets_table(report)
 
 
+def test_on_a_gpu_fast_is_set_beside_the_record_and_the_cpu_targets_do_not_apply():
+    curve = [[0.4, 0.985, 0.25], [0.9, 0.9912, 0.5]]
+    report = {"device": "cuda", "machine": {"cuda": "Some GPU"},
+              "recipes": {"fast": {"seeds": [{"curve": curve}], "time_to_99_0_s": 0.9,
+                                   "final_test_accuracy": 0.9912}}}  # fmt: skip
+    assert bench.targets(report) == []
+    comparison = bench.gpu_comparison(report)
+    assert comparison["time_to_99_0_s"] == 0.9 and comparison["record"]["seconds"] == 0.76
+    assert bench.gpu_line(comparison) == (
+        "fast on Some GPU: 99.0% in 0.90s; published record: 99.04% in 0.76s on a GTX 1660 Ti"
+    )
+    report["device"] = "cpu"
+    assert bench.gpu_comparison(report) is None
+    assert [t["met"] for t in bench.targets(report)] == [True]
+
+
 def test_the_ensemble_benchmarks_its_vote(mnist, data_cache, monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(data_cache.parent))
     out = tmp_path / "bench.json"

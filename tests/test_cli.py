@@ -94,6 +94,22 @@ def test_a_missing_model_is_a_one_line_error(tmp_path, capsys):
     assert err.startswith("digitrec: error:") and err.count("\n") == 1
 
 
+def test_training_on_a_gpu_this_machine_lacks_is_a_one_line_error(
+    data_cache, monkeypatch, tmp_path, capsys
+):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(data_cache.parent))
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    for command in (["train", "--out", str(tmp_path / "run")],
+                    ["bench", "train", "--out", str(tmp_path / "bench.json")]):  # fmt: skip
+        code = main([*command, "--device", "cuda", "--subset", "100"])
+        err = capsys.readouterr().err
+        assert code == 1
+        assert (
+            err.startswith("digitrec: error: device 'cuda': no CUDA GPU") and err.count("\n") == 1
+        )
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
 def test_evaluate_json_reports_three_splits_and_a_verdict(
     tiny_run, data_cache, monkeypatch, capsys
 ):

@@ -154,3 +154,18 @@ def test_card_records_the_command_that_reproduces_a_named_recipe(splits):
     assert command == "digitrec train --recipe fast --seed 3 --subset 6000"
     # A recipe with overridden fields is recorded in full in the card instead.
     assert reproduce_command(recipe("fast", seed=3, epochs=2), "fast", splits) is None
+
+
+def test_a_device_this_machine_lacks_is_refused_before_any_data_moves(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert train.check_device("cpu") == "cpu"
+    refused = [("cuda", "no CUDA GPU"), ("cuda:1", "no CUDA GPU"),
+               ("gpu", "unknown device 'gpu'"), ("cuda:x", "unknown device")]  # fmt: skip
+    for device, reason in refused:
+        with pytest.raises(train.DeviceError, match=reason):
+            train.check_device(device)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert train.check_device("cuda:0") == "cuda:0"
+    with pytest.raises(train.DeviceError, match="has 1 CUDA GPU"):
+        train.check_device("cuda:1")

@@ -45,6 +45,9 @@ TARGETS = {
     "ensemble": ((0.9982, 1800.0),),
 }
 EVALS_PER_EPOCH = {"fast": 4, "fast-long": 4}
+# The published GPU figure `fast` is set beside when benchmarked with --device cuda: 99.04% after
+# one epoch in 0.76 s, the data pre-loaded on the GPU. The targets above name a CPU; this does not.
+GPU_RECORD = {"hardware": "GTX 1660 Ti", "accuracy": 0.9904, "seconds": 0.76}
 WARM_UP_STEPS = 10
 
 
@@ -160,12 +163,16 @@ def run_benchmark(
             "final_test_accuracy_min": min(finals) if finals else None,
         }
     report["targets"] = targets(report)
+    report["gpu_record"] = gpu_comparison(report)
     return report
 
 
 def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     """Each target of a recipe in the report: met when every seed reached the accuracy in time;
-    with the seeds' times to that accuracy (None: never) for the note."""
+    with the seeds' times to that accuracy (None: never) for the note. None on a GPU: the
+    targets name a 2-core CPU."""
+    if report.get("device", "cpu") != "cpu":
+        return []
     results = []
     for name, entry in report["recipes"].items():
         for accuracy, seconds in TARGETS.get(name, ()):
@@ -174,6 +181,26 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
             results.append({"recipe": name, "accuracy": accuracy, "seconds": seconds,
                             "times": times, "met": met})  # fmt: skip
     return results
+
+
+def gpu_comparison(report: dict[str, Any]) -> dict[str, Any] | None:
+    """On a GPU, `fast`'s time to 99.0% (mean over seeds) beside the published record."""
+    entry = report["recipes"].get("fast")
+    if entry is None or not report.get("device", "cpu").startswith("cuda"):
+        return None
+    return {"recipe": "fast", "gpu": report["machine"].get("cuda"),
+            "time_to_99_0_s": entry["time_to_99_0_s"],
+            "final_test_accuracy": entry["final_test_accuracy"], "record": GPU_RECORD}  # fmt: skip
+
+
+def gpu_line(comparison: dict[str, Any]) -> str:
+    """The GPU comparison as one line of the printed report."""
+    ours, record = comparison["time_to_99_0_s"], comparison["record"]
+    reached = f"99.0% in {ours:.2f}s" if ours is not None else "99.0% not reached by every seed"
+    return (
+        f"fast on {comparison['gpu']}: {reached}; published record: "
+        f"{record['accuracy']:.2%} in {record['seconds']}s on a {record['hardware']}"
+    )
 
 
 def targets_table(report: dict[str, Any]) -> str:

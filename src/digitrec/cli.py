@@ -321,6 +321,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     _print(bench.table(report))
     if report["targets"]:
         _print(bench.targets_table(report))
+    if report["gpu_record"]:
+        _print(bench.gpu_line(report["gpu_record"]))
     _print(f"results: {out}")
     if args.plot:
         _print(f"plot: {bench.plot(report, args.plot)}")
@@ -608,8 +610,10 @@ def main(argv: list[str] | None = None) -> int:
         from digitrec.checkpoint import ModelError
         from digitrec.data import DataError
         from digitrec.preprocess import ImageError
+        from digitrec.train import DeviceError
 
-        if isinstance(error, DataError | ModelError | ImageError | KeyError | FileNotFoundError):
+        known = DataError | ModelError | ImageError | DeviceError | KeyError | FileNotFoundError
+        if isinstance(error, known):
             print(f"digitrec: error: {error}", file=sys.stderr)
             return 1
         raise

@@ -64,8 +64,30 @@ class Splits:
     subset: int | None = None  # trained on the first N training images only
 
 
+class DeviceError(ValueError):
+    """A --device this machine does not have."""
+
+
+def check_device(device: str) -> str:
+    """`device` if this process can train on it ("cpu", "cuda", "cuda:N"), else a DeviceError
+    that says why, before any data is loaded onto it."""
+    kind, _, index = device.partition(":")
+    if kind == "cpu" and not index:
+        return device
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise DeviceError(f"unknown device {device!r}: use cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise DeviceError(f"device {device!r}: no CUDA GPU is usable here (this torch build: "
+                          f"{torch.__version__}); train on cpu")  # fmt: skip
+    if index and int(index) >= torch.cuda.device_count():
+        raise DeviceError(f"device {device!r}: this machine has "
+                          f"{torch.cuda.device_count()} CUDA GPU(s)")  # fmt: skip
+    return device
+
+
 def make_splits(dataset: data.Dataset, config: DataConfig, device: str = "cpu") -> Splits:
     """Hold out a fixed validation set (seeded by the dataset, not the run) and go to tensors."""
+    check_device(device)
     train_index, val_index = data.split_validation(
         len(dataset.train_labels), config.validation_size, seed=12345
     )
@@ -175,6 +197,14 @@ def make_scheduler(
     raise ValueError(f"unknown schedule {config.schedule!r}")
 
 
+def clock(device_type: str) -> float:
+    """perf_counter once the device has finished its queued work. CUDA runs kernels
+    asynchronously: without the sync, the clock would stop while the steps are still running."""
+    if device_type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
 def bf16_supported(device: str) -> bool:
     if device.startswith("cuda"):
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
@@ -240,7 +270,7 @@ def train_one_epoch(
     total_loss = torch.zeros((), device=train.labels.device)
     total_correct = torch.zeros((), device=train.labels.device, dtype=torch.long)
     seen, train_seconds = 0, 0.0
-    start = time.perf_counter()
+    start = clock(device_type)
     for step in range(steps):
         batch = order[step * config.batch_size : (step + 1) * config.batch_size]
         index = distributed.shard(batch, world)
@@ -273,11 +303,11 @@ def train_one_epoch(
         if on_step is not None and (step % 10 == 0 or step == steps - 1):
             on_step(step + 1, steps, total_loss.item() / seen, total_correct.item() / seen)
         if on_eval is not None and (step + 1) in eval_steps:
-            train_seconds += time.perf_counter() - start
+            train_seconds += clock(device_type) - start
             on_eval(step + 1, train_seconds)
             model.train()
-            start = time.perf_counter()
-    train_seconds += time.perf_counter() - start
+            start = clock(device_type)
+    train_seconds += clock(device_type) - start
     loss_sum, correct, count = total_loss.item(), total_correct.item(), seen
     if world.is_distributed:  # the global batches' figures, not this rank's shares
         totals = torch.tensor([loss_sum, correct, count], dtype=torch.float64,
