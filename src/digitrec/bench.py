@@ -169,7 +169,7 @@ def run_benchmark(
 
 def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     """Each target of a recipe in the report: met when every seed reached the accuracy in time;
-    with the seeds' times to that accuracy (None: never) for the note. None on a GPU: the
+    with the seeds' times to that accuracy (None: never) for the note. None at all on a GPU: the
     targets name a 2-core CPU."""
     if report.get("device", "cpu") != "cpu":
         return []
