@@ -110,6 +110,31 @@ def test_training_on_a_gpu_this_machine_lacks_is_a_one_line_error(
     assert not list(tmp_path.iterdir())  # nothing written
 
 
+def test_evaluate_of_several_runs_tests_their_vote(
+    tiny_run, splits, data_cache, monkeypatch, tmp_path, capsys
+):
+    from digitrec.config import recipe
+    from digitrec.recognize import load_model
+    from digitrec.train import fit, predict_logits
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(data_cache.parent))
+    other = fit(recipe("fast", epochs=1, seed=1), splits, tmp_path / "other").run_dir
+    runs = [str(tiny_run.run_dir), str(other)]
+    assert main(["evaluate", *runs, "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    # The vote is the mean of the two runs' calibrated probabilities.
+    models = [load_model(run)[0] for run in runs]
+    mean = sum(predict_logits(m, splits.test.images).softmax(1) for m in models) / 2
+    expected = (mean.argmax(1) == splits.test.labels).float().mean().item()
+    assert results["test"]["accuracy"] == pytest.approx(expected, abs=1e-6)
+    assert [r["run"] for r in results["runs"]] == runs
+    assert results["runs"][0]["test_accuracy"] == pytest.approx(
+        tiny_run.card["metrics"]["test_accuracy"], abs=1e-6
+    )
+    assert main(["evaluate", *runs, "--report", str(tmp_path / "report")]) == 2
+    assert "--report takes one run" in capsys.readouterr().err
+
+
 def test_evaluate_json_reports_three_splits_and_a_verdict(
     tiny_run, data_cache, monkeypatch, capsys
 ):

@@ -170,20 +170,39 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from digitrec import data
     from digitrec.config import DataConfig
     from digitrec.evaluate import evaluate_run
+    from digitrec.models import Ensemble
     from digitrec.recognize import load_model
-    from digitrec.train import make_splits
+    from digitrec.train import evaluate, make_splits
 
-    model, card = load_model(args.run)
-    dataset = data.load(card["dataset"]["name"], data_dir=args.data_dir)
+    if len(args.runs) > 1 and args.report:
+        print("digitrec: error: --report takes one run", file=sys.stderr)
+        return 2
+    loaded = [load_model(run) for run in args.runs]
+    datasets = sorted({card["dataset"]["name"] for _, card in loaded})
+    if len(datasets) > 1:
+        print(f"digitrec: error: a vote needs runs trained on one dataset, not "
+              f"{' and '.join(datasets)}", file=sys.stderr)  # fmt: skip
+        return 2
+    # Several runs: their vote, the mean of their calibrated probabilities.
+    model = loaded[0][0] if len(loaded) == 1 else Ensemble([m for m, _ in loaded]).eval()
+    dataset = data.load(datasets[0], data_dir=args.data_dir)
     splits = make_splits(dataset, DataConfig(dataset=dataset.name))
     results = evaluate_run(model, splits)
+    if len(loaded) > 1:
+        results["runs"] = [{"run": run, "test_accuracy": evaluate(m, splits.test)["accuracy"]}
+                           for run, (m, _) in zip(args.runs, loaded, strict=True)]  # fmt: skip
     if args.report:
         from digitrec.report import write_report
 
-        results["report"] = str(write_report(args.run, model, card, splits, args.report))
+        run, (_, card) = args.runs[0], loaded[0]
+        results["report"] = str(write_report(run, model, card, splits, args.report))
     if args.json:
         _print(json.dumps(results, indent=2))
         return 0
+    for entry in results.get("runs", []):
+        _print(f"{entry['run']}: test accuracy {entry['test_accuracy']:.4f}")
+    if len(loaded) > 1:
+        _print(f"the vote of these {len(loaded)} runs:")
     for split in ("train", "validation", "test"):
         r = results[split]
         _print(f"{split:10s} loss {r['loss']:.4f}  accuracy {r['accuracy']:.4f}")
@@ -517,7 +536,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="test a trained run; --report writes an HTML report")
-    p.add_argument("run", help="run directory")
+    p.add_argument("runs", nargs="+", metavar="run",
+                   help="run directory; several: test their vote (mean probability)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--report", metavar="DIR", help="write report.html and figures here")
     p.add_argument("--data-dir", help="folder with the four IDX files")
