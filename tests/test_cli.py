@@ -133,6 +133,14 @@ def test_evaluate_of_several_runs_tests_their_vote(
     )
     assert main(["evaluate", *runs, "--report", str(tmp_path / "report")]) == 2
     assert "--report takes one run" in capsys.readouterr().err
+    # Runs on different datasets cannot vote: their classes mean different things.
+    fashion = {**tiny_run.card, "dataset": {**tiny_run.card["dataset"], "name": "fashion"}}
+    cards = dict(zip(runs, [tiny_run.card, fashion], strict=True))
+    monkeypatch.setattr("digitrec.recognize.load_model", lambda run: (models[0], cards[run]))
+    assert main(["evaluate", *runs]) == 2
+    assert "a vote needs runs trained on one dataset, not fashion and mnist" in (
+        capsys.readouterr().err
+    )
 
 
 def test_evaluate_json_reports_three_splits_and_a_verdict(
