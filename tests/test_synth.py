@@ -2,15 +2,39 @@
 
 from __future__ import annotations
 
+import io
+import re
+
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
 from digitrec import preprocess, synth
 
 # Seeds per kind: enough to cover each kind's random choices (PNG or JPEG, EXIF turn or not,
 # format, blank style) while keeping the suite fast.
 SEEDS = range(6)
+# Kinds whose digits stand apart on a plain background: the extractor finds one box per digit.
+# The page kinds (touching digits, rules, boxes, marks, separators) are the benchmark's to score.
+PLAIN_KINDS = (
+    "paper", "chalkboard", "photo", "canvas", "offcenter", "small",
+    "huge", "rotated", "row", "transparent", "formats", "blank",
+)  # fmt: skip
+PAGE_KINDS = tuple(kind for kind in synth.KINDS if kind not in PLAIN_KINDS)
+# What each page kind's label looks like.
+LABEL_FORMS = {
+    "touching": r"\d{2,4}",
+    "lined": r"\d{1,3}",
+    "grid": r"\d{1,3}",
+    "boxed": r"\d|\d{3,6}",
+    "circled": r"\d{1,2}",
+    "underlined": r"\d{1,3}",
+    "separators": r"\d{1,2}\.\d{1,2}|\d{1,3},\d{3}|-\d{1,3}|\d{1,2}/\d{2}|\d{1,2}:\d{2}",
+    "multiline": r"\d{1,4}(\n\d{1,4}){1,2}",
+    "lowres": r"\d{1,3}",
+    "notdigit": r"",
+}
 
 
 def test_draw_digit_shape_range_and_determinism() -> None:
@@ -44,7 +68,7 @@ def test_draw_digit_is_varied_but_each_digit_is_closest_to_its_own_kind() -> Non
     assert correct >= 0.85 * 200
 
 
-@pytest.mark.parametrize("kind", synth.KINDS)
+@pytest.mark.parametrize("kind", PLAIN_KINDS)
 def test_every_kind_renders_a_file_whose_digits_are_found(kind: str) -> None:
     for seed in SEEDS:
         rng = np.random.default_rng(seed)
@@ -108,3 +132,141 @@ def test_render_refuses_unknown_kind_and_missing_digits() -> None:
         synth.render("poster", [np.zeros((28, 28))], np.random.default_rng(0))
     with pytest.raises(ValueError):
         synth.render("paper", [], np.random.default_rng(0))
+
+
+def test_page_kinds_come_after_the_plain_ones_and_use_five_digits_like_them() -> None:
+    # The real-world set draws digits for each file in KINDS order: the plain kinds' files stay
+    # the same only if they still come first and still draw five digits each.
+    assert synth.KINDS[: len(PLAIN_KINDS)] == PLAIN_KINDS
+    assert set(LABEL_FORMS) == set(PAGE_KINDS)
+    assert all(synth.digits_needed(kind) == 5 for kind in PLAIN_KINDS)
+    assert synth.digits_needed("multiline") == 12
+
+
+def test_plain_kinds_draw_the_same_random_numbers_as_before() -> None:
+    # Labels and the generator's state after a run through every plain kind, recorded before the
+    # page kinds were added: any change in what a plain kind draws shifts them.
+    rng = np.random.default_rng(11)
+    labels = [synth.make_example(kind, rng)[2] for kind in PLAIN_KINDS]
+    assert labels == ["1", "6", "2", "8", "7", "8", "5", "8", "44674", "4", "0", ""]
+    assert int(rng.integers(0, 2**30)) == 37973065
+
+
+def _drawn(labels: list[int]) -> list[np.ndarray]:
+    return [
+        synth.draw_digit(label, np.random.default_rng(index)) for index, label in enumerate(labels)
+    ]
+
+
+LABELS = [2, 0, 7, 4, 9, 1, 3, 5, 8, 6, 2, 7]
+
+
+@pytest.mark.parametrize("kind", PAGE_KINDS)
+def test_page_kinds_render_a_readable_file_labelled_in_their_form(kind: str) -> None:
+    digits = _drawn(LABELS)
+    for seed in SEEDS:
+        data, extension, label = synth.render(kind, digits, np.random.default_rng(seed), LABELS)
+        assert re.fullmatch(LABEL_FORMS[kind], label), (kind, seed, label)
+        # The label's digits are the digits given, in order.
+        written = "".join(character for character in label if character.isdigit())
+        assert written == "".join(str(digit) for digit in LABELS[: len(written)]), (kind, label)
+        gray = preprocess.decode(data)
+        assert gray.ndim == 2 and min(gray.shape) >= 40 and extension in (".png", ".jpg")
+        # Something is drawn on every page, marks that are not digits included.
+        assert gray.min() < gray.max() - 0.3, (kind, seed)
+        again = synth.render(kind, digits, np.random.default_rng(seed), LABELS)
+        assert again == (data, extension, label)
+
+
+def test_page_kinds_without_labels_still_show_the_form() -> None:
+    _, _, label = synth.render("multiline", _drawn([1, 2]), np.random.default_rng(0))
+    assert re.fullmatch(r"\?{1,4}(\n\?{1,4}){1,2}", label)
+    _, _, label = synth.render("notdigit", [], np.random.default_rng(0))
+    assert label == ""
+
+
+def test_separator_labels_parse_and_every_separator_is_drawn() -> None:
+    digits = _drawn(LABELS)
+    seen = set()
+    for seed in range(30):
+        _, _, label = synth.render("separators", digits, np.random.default_rng(seed), LABELS)
+        (mark,) = [character for character in label if not character.isdigit()]
+        seen.add(mark)
+        if mark == ".":
+            assert float(label) > 0
+        elif mark == ",":
+            whole, thousands = label.split(",")
+            assert int(whole + thousands) >= 0 and len(thousands) == 3
+        elif mark == "-":
+            assert int(label) <= 0 and label.startswith("-")
+        else:
+            first, second = label.split(mark)
+            assert first.isdigit() and len(second) == 2 and second.isdigit()
+    assert seen == set(synth.SEPARATORS)
+
+
+def _ink_parts(data: bytes) -> int:
+    """Connected pieces of ink, ignoring specks under 5% of the largest."""
+    gray = np.round(preprocess.decode(data) * 255).astype(np.uint8)
+    _, ink = cv2.threshold(gray, 0, 255, cv2.THRESH_BINARY_INV + cv2.THRESH_OTSU)
+    _, _, stats, _ = cv2.connectedComponentsWithStats(ink)
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    return int((areas > 0.05 * areas.max()).sum())
+
+
+def test_touching_digits_are_joined_into_one_piece_of_ink() -> None:
+    for seed in SEEDS:
+        data, _, label = synth.make_example("touching", np.random.default_rng(seed))
+        assert len(label) >= 2 and _ink_parts(data) == 1, (seed, label)
+
+
+def _full_lines(data: bytes, vertical: bool) -> int:
+    """Lines across the whole page: rows (or columns) darker than their neighbours 3 px away
+    in at least 80% of their length, measured in red, which blue rules and gray lines darken."""
+    red = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.float32)[:, :, 0]
+    red = red.T / 255.0 if vertical else red / 255.0
+    above, below = np.roll(red, 3, axis=0), np.roll(red, -3, axis=0)
+    darker = (red < above - 0.04) & (red < below - 0.04)
+    return int((darker.mean(axis=1) > 0.8)[3:-3].sum())
+
+
+def test_ruled_and_squared_paper_have_lines_from_edge_to_edge() -> None:
+    for seed in SEEDS:
+        lined, _, _ = synth.make_example("lined", np.random.default_rng(seed))
+        grid, _, _ = synth.make_example("grid", np.random.default_rng(seed))
+        plain, _, _ = synth.make_example("paper", np.random.default_rng(seed))
+        assert _full_lines(lined, vertical=False) >= 2
+        assert _full_lines(grid, vertical=False) >= 1 and _full_lines(grid, vertical=True) >= 1
+        assert _full_lines(plain, vertical=False) == 0
+
+
+def test_lowres_digits_are_small_in_a_low_quality_jpeg() -> None:
+    for seed in SEEDS:
+        data, extension, label = synth.make_example("lowres", np.random.default_rng(seed))
+        gray = preprocess.decode(data)
+        rows = np.flatnonzero((gray < np.median(gray) - 0.25).any(axis=1))
+        assert extension == ".jpg" and 1 <= len(label) <= 3
+        assert 0 < rows[-1] - rows[0] + 1 <= 22 and gray.shape[0] >= 180, (seed, rows)
+        # Quality 30 to 60: the luminance table's first step is at least 8 (it is 2 at 95).
+        quantization = Image.open(io.BytesIO(data)).quantization[0]
+        assert quantization[0] >= 8
+
+
+def test_labels_round_trip_through_file_names() -> None:
+    for label in ["7", "", "3.14", "1,024", "-5", "12/05", "10:30", "12\n34\n5"]:
+        name = synth.label_to_file_name(label)
+        assert not set(name) & set("/:\n-") and name
+        assert synth.label_from_file_name(name) == label
+    assert synth.label_to_file_name("12/05") == "12slash05"
+    assert synth.label_to_file_name("12\n34") == "12_34"
+
+
+def test_write_examples_names_each_file_after_its_label(tmp_path) -> None:
+    paths = synth.write_examples(str(tmp_path))
+    assert len(paths) == len(synth.EXAMPLE_KINDS) and set(PAGE_KINDS) <= set(synth.EXAMPLE_KINDS)
+    for path, kind in zip(paths, synth.EXAMPLE_KINDS, strict=True):
+        stem = path.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+        index, named_kind, label = stem.split("-")
+        assert named_kind == kind
+        label = synth.label_from_file_name(label)
+        assert re.fullmatch(LABEL_FORMS.get(kind, r"\d{1,5}|"), label), (path, label)
