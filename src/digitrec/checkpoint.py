@@ -6,16 +6,20 @@ A run directory holds:
 - `model.json`: the same card, readable (model name and settings, normalisation, dataset and its
   digests, recipe, metrics, date);
 - `history.json`: per-epoch metrics;
-- `last.safetensors`: the last complete training state (weights, optimizer, scheduler, RNG,
-  epoch) for `digitrec train --resume`.
-Every file is written to a temporary name and renamed, so a kill at any moment leaves the previous
-complete file in place. Nothing is ever unpickled.
+- `last.safetensors`: the latest training state (weights, optimizer, scheduler, RNG, epoch and
+  step, config and data settings) for `digitrec train --resume`, written every
+  `TrainConfig.checkpoint_every` steps and at each epoch's end.
+Every file is written to a temporary name, flushed to disk and renamed, so a kill or a power cut
+at any moment leaves the previous complete file in place. Both kinds of safetensors file carry a
+SHA-256 over everything in them (tensors and JSON), checked on every load: a damaged file is
+refused, never half used. Nothing is ever unpickled.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -28,7 +32,8 @@ WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "model.json"
 HISTORY_FILE = "history.json"
 STATE_FILE = "last.safetensors"
-FORMAT_VERSION = 1
+# 2: the card carries `model_sha256`, a digest over the whole card (and so the weights' digest).
+FORMAT_VERSION = 2
 
 
 class ModelError(ValueError):
@@ -36,7 +41,11 @@ class ModelError(ValueError):
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Call write(tmp_path) then rename tmp_path over `path` in one step."""
+    """Call write(tmp_path), flush tmp_path to disk, then rename it over `path` in one step.
+
+    Without the fsync a power cut shortly after the rename can leave `path` empty or partly
+    written: filesystems may commit the rename before the data.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -44,10 +53,21 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide models from other users
+        _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    if os.name == "posix":  # the rename itself lives in the directory; Windows cannot open one
+        _fsync(path.parent)
+
+
+def _fsync(path: str | os.PathLike) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:
@@ -81,13 +101,35 @@ def tensors_digest(arrays: dict[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
+def card_digest(card: dict[str, Any]) -> str:
+    """SHA-256 of the card's canonical JSON (sorted keys, no spaces) without `model_sha256`.
+
+    The card holds `tensors_sha256`, so this one digest covers the whole model: weights,
+    temperature, classes, normalisation. Computed on the card as JSON reads it back, so the
+    digest written and the digest checked see the same values (tuples are lists, numpy
+    scalars are numbers).
+    """
+    body = json.loads(json.dumps(card, default=_json_default))
+    body.pop("model_sha256", None)
+    return hashlib.sha256(
+        json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
+
+
+def seal_card(card: dict[str, Any], tensors_sha256: str) -> dict[str, Any]:
+    """The card with the format version and both digests of the weights it describes."""
+    card = {k: v for k, v in card.items() if k != "model_sha256"}
+    card.update(format_version=FORMAT_VERSION, tensors_sha256=tensors_sha256)
+    card["model_sha256"] = card_digest(card)
+    return card
+
+
 def save_weights(path: str | os.PathLike, state_dict: dict, card: dict[str, Any]) -> dict:
-    """Write weights with the card in the file's metadata; returns the card with its digest."""
+    """Write weights with the card in the file's metadata; returns the card with its digests."""
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    card = dict(card, format_version=FORMAT_VERSION)
-    card["tensors_sha256"] = tensors_digest({k: _to_numpy(v) for k, v in tensors.items()})
+    card = seal_card(card, tensors_digest({k: _to_numpy(v) for k, v in tensors.items()}))
     metadata = {"digitrec_card": json.dumps(card, default=_json_default)}
     write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     return card
@@ -120,31 +162,121 @@ def weights_path(path: str | os.PathLike) -> Path:
 
 
 def read_weights(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """(tensors as numpy, card) from a weights file, with its digest checked. Torch-free."""
-    from safetensors import SafetensorError
+    """(tensors as numpy, card) from a weights file, with its digests and card checked.
+
+    Torch-free. Any damage, to the tensors, the card or the file's header, is a ModelError.
+    """
+    from safetensors import safe_open
     from safetensors.numpy import load_file
 
     path = weights_path(path)
     try:
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="numpy") as f:
             metadata = f.metadata() or {}
         arrays = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise ModelError(f"{path}: not a readable safetensors file ({error})") from None
+    except _read_errors() as error:
+        raise ModelError(
+            f"{path}: not a readable safetensors file ({_first_line(error)})"
+        ) from None
     if "digitrec_card" not in metadata:
         raise ModelError(f"{path}: safetensors file without a digitrec model card")
     try:
         card = json.loads(metadata["digitrec_card"])
     except json.JSONDecodeError:
         raise ModelError(f"{path}: its model card is not valid JSON") from None
+    if not isinstance(card, dict):
+        raise ModelError(f"{path}: its model card is not a JSON object")
     expected = card.get("tensors_sha256")
     if not expected:
         raise ModelError(f"{path}: its model card has no tensors_sha256 digest to check against")
     if tensors_digest(arrays) != expected:
         raise ModelError(f"{path}: weights do not match the digest in their card (corrupt file?)")
+    if not card.get("model_sha256"):
+        raise ModelError(
+            f"{path}: its model card has no model_sha256 digest (written by an older "
+            "digitrec, which did not protect the card; train it again)"
+        )
+    if card_digest(card) != card["model_sha256"]:
+        raise ModelError(
+            f"{path}: its model card does not match its model_sha256 digest "
+            "(altered or corrupt card)"
+        )
+    for name, array in arrays.items():
+        if array.dtype.kind in "fc" and not np.isfinite(array).all():
+            raise ModelError(f"{path}: tensor {name} holds NaN or infinite values")
+    check_card(card, path)
     return arrays, _with_readable_card(path, card)
+
+
+def _read_errors() -> tuple[type[BaseException], ...]:
+    from safetensors import SafetensorError
+
+    # A damaged header can fail in the parser, in the UTF-8 decoding or in the tensor layout.
+    return (SafetensorError, OSError, ValueError, RuntimeError, UnicodeDecodeError, OverflowError)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_card(card: dict[str, Any], source: str | os.PathLike, outputs: int | None = None) -> None:
+    """A ModelError unless the card's values are usable: every temperature finite and > 0,
+    classes distinct strings or integers (as many as the model's `outputs`, when given), the
+    standardisation mean finite and its std > 0."""
+    members = card.get("members") or []
+    if not isinstance(members, list) or not all(isinstance(m, dict) for m in members):
+        raise ModelError(f"{source}: its model card's members are not a list of models")
+    temperatures = [card.get("temperature", 1.0)] + [m.get("temperature", 1.0) for m in members]
+    for temperature in temperatures:
+        if not _is_number(temperature) or temperature <= 0:
+            raise ModelError(
+                f"{source}: its model card has an unusable softmax temperature "
+                f"{temperature!r} (needs a finite number above 0)"
+            )
+    classes = card.get("classes")
+    if classes is not None:
+        names = isinstance(classes, list) and all(
+            isinstance(c, str | int) and not isinstance(c, bool) for c in classes
+        )
+        if not names or not classes or len(set(classes)) != len(classes):
+            raise ModelError(
+                f"{source}: its model card's classes are not a list of distinct names or numbers"
+            )
+        if outputs is not None and len(classes) != outputs:
+            raise ModelError(
+                f"{source}: its model card names {len(classes)} classes for a "
+                f"model with {outputs} outputs"
+            )
+    section = card.get("input")
+    standardise = section.get("standardise") if isinstance(section, dict) else None
+    if standardise is not None:
+        mean, std = (
+            standardise.get(k) if isinstance(standardise, dict) else None for k in ("mean", "std")
+        )
+        if not _is_number(mean) or not _is_number(std) or std <= 0:
+            raise ModelError(
+                f"{source}: its model card's standardisation is unusable (mean "
+                f"{mean!r}, std {std!r}; needs finite numbers, std above 0)"
+            )
+
+
+def check_finite(probabilities: np.ndarray, source: str | os.PathLike) -> np.ndarray:
+    """`probabilities` (N, C) if every value is finite, else a ModelError naming `source`.
+
+    A model with damaged weights can turn out NaN; refusing here keeps NaN out of every answer
+    (JSON has no NaN, and an argmax over NaN is a meaningless digit).
+    """
+    values = np.asarray(probabilities)
+    if not np.isfinite(values).all():
+        raise ModelError(
+            f"{source}: the model gave NaN or infinite probabilities (damaged weights?)"
+        )
+    return probabilities
 
 
 def _with_readable_card(path: Path, card: dict[str, Any]) -> dict[str, Any]:
@@ -164,6 +296,10 @@ def _with_readable_card(path: Path, card: dict[str, Any]) -> dict[str, Any]:
         raise ModelError(
             f"{readable} describes other weights than {path.name} (its tensors_sha256 differs)"
         )
+    if extra.get("model_sha256", card["model_sha256"]) != card["model_sha256"]:
+        raise ModelError(
+            f"{readable} describes another model card than {path.name}'s (its model_sha256 differs)"
+        )
     return {**extra, **card}
 
 
@@ -171,27 +307,59 @@ def read_card(path: str | os.PathLike) -> dict[str, Any]:
     return read_weights(path)[1]
 
 
+def state_digest(tensors_sha256: str, state_json: str) -> str:
+    """SHA-256 over a training state: its tensors' digest and its bookkeeping JSON, as stored."""
+    return hashlib.sha256(f"{tensors_sha256}\n{state_json}".encode()).hexdigest()
+
+
 def save_state(path: str | os.PathLike, tensors: dict, state: dict[str, Any]) -> None:
-    """The resumable training state: tensors plus JSON-able bookkeeping, atomically."""
+    """The resumable training state: tensors plus JSON-able bookkeeping, sealed by a digest
+    over both, atomically."""
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    metadata = {"digitrec_state": json.dumps(state, default=_json_default)}
+    state_json = json.dumps(state, default=_json_default)
+    digest = tensors_digest({k: _to_numpy(v) for k, v in tensors.items()})
+    metadata = {
+        "digitrec_state": state_json,
+        "digitrec_state_sha256": state_digest(digest, state_json),
+    }
     write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def load_state(path: str | os.PathLike) -> tuple[dict, dict[str, Any]]:
+    """(tensors, bookkeeping) of a training state, refused with a ModelError unless the file
+    is whole: readable, and matching the digest it was sealed with."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
     path = Path(path)
     if not path.is_file():
-        raise ModelError(f"{path}: no training state to resume from")
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
+        raise ModelError(
+            f"{path.parent}: no training state to resume from ({path.name} is "
+            "missing; a run writes it after its first checkpoint interval)"
+        )
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        tensors = load_file(str(path))
+    except _read_errors() as error:
+        raise ModelError(f"{path}: not a readable training state ({_first_line(error)})") from None
     if "digitrec_state" not in metadata:
         raise ModelError(f"{path}: not a digitrec training state")
-    return load_file(str(path)), json.loads(metadata["digitrec_state"])
+    if "digitrec_state_sha256" not in metadata:
+        raise ModelError(
+            f"{path}: a training state without a digest (written by an older "
+            "digitrec); start the run again"
+        )
+    digest = tensors_digest({k: _to_numpy(v) for k, v in tensors.items()})
+    if state_digest(digest, metadata["digitrec_state"]) != metadata["digitrec_state_sha256"]:
+        raise ModelError(f"{path}: the training state does not match its digest (corrupt file?)")
+    try:
+        state = json.loads(metadata["digitrec_state"])
+    except json.JSONDecodeError:
+        raise ModelError(f"{path}: its training state is not valid JSON") from None
+    return tensors, state
 
 
 def flatten_optimizer(state_dict: dict) -> tuple[dict, dict[str, Any]]:

