@@ -31,6 +31,7 @@ from digitrec.config import (
     RECIPES,
     AugmentConfig,
     DataConfig,
+    DeviceError,
     TrainConfig,
     recipe,
     to_dict,
@@ -48,6 +49,9 @@ class Split:
 
     images: torch.Tensor
     labels: torch.Tensor
+    # Non-digit images (uint8, M x 1 x 28 x 28) trained towards equal probabilities for every
+    # class: outlier exposure (`TrainConfig.outliers`).
+    outliers: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -62,10 +66,6 @@ class Splits:
     sha256: dict[str, str]
     classes: tuple[str, ...] = field(default_factory=tuple)
     subset: int | None = None  # trained on the first N training images only
-
-
-class DeviceError(ValueError):
-    """A --device this machine does not have."""
 
 
 def check_device(device: str) -> str:
@@ -234,6 +234,22 @@ class WeightAverage:
         return self.shadow
 
 
+@dataclass
+class EpochProgress:
+    """An epoch part-way through: its batch order and the running totals of the steps done.
+
+    A mid-epoch checkpoint saves it, so a resumed run goes on with the very batches it would
+    have trained on. The totals are the global ones (summed over the processes).
+    """
+
+    order: torch.Tensor  # (N,) int64: this epoch's permutation of the training set
+    step: int = 0  # batches done
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    train_seconds: float = 0.0
+
+
 def train_one_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -248,77 +264,143 @@ def train_one_epoch(
     eval_steps: frozenset[int] = frozenset(),
     world: World = SINGLE_PROCESS,
     augment_steps: int | None = None,
+    progress: EpochProgress | None = None,
+    on_checkpoint: Callable[[EpochProgress], None] | None = None,
+    checkpoint_steps: frozenset[int] = frozenset(),
 ) -> dict[str, float]:
     """One pass (or `steps` batches) over a fresh permutation; returns loss and accuracy.
 
     With augmentation on, the first `augment_steps` batches (default: all) are augmented.
+    `progress` continues an epoch a checkpoint saved part-way through; after each step in
+    `checkpoint_steps`, `on_checkpoint` gets the epoch's progress so far (on every rank).
 
-    `train_seconds` counts only the training steps: `on_eval` runs with the clock stopped.
-    On several processes (`world`), `model` is wrapped in DDP, each rank trains on its shard of
-    every global batch of `config.batch_size`, and the metrics returned are the global ones.
+    `train_seconds` counts only the training steps: `on_eval` and `on_checkpoint` run with the
+    clock stopped. On several processes (`world`), `model` is wrapped in DDP, each rank trains
+    on its shard of every global batch of `config.batch_size`, and the metrics returned are the
+    global ones.
     """
     model.train()
     use_bf16 = config.bf16 and bf16_supported(config.device)
     device_type = "cuda" if config.device.startswith("cuda") else "cpu"
-    # The same permutation on every rank: they share the generator's seed and state.
-    order = torch.randperm(len(train), generator=generator, device="cpu").to(train.labels.device)
+    device = train.labels.device
+    if progress is None:
+        # The same permutation on every rank: they share the generator's seed and state.
+        progress = EpochProgress(torch.randperm(len(train), generator=generator, device="cpu"))
+    order = progress.order.to(device)
     augment_generator = generator
     if config.augment.enabled and world.is_distributed:
+        # Drawn afresh after a mid-epoch resume, since only rank 0 saves: the resumed run goes
+        # on validly, but not bit for bit as the uninterrupted one would have.
         augment_generator = distributed.rank_generator(generator, world)
     batches = math.ceil(len(train) / config.batch_size)
     steps = batches if steps is None else min(steps, batches)
-    total_loss = torch.zeros((), device=train.labels.device)
-    total_correct = torch.zeros((), device=train.labels.device, dtype=torch.long)
-    seen, train_seconds = 0, 0.0
+    total_loss = torch.tensor(progress.loss_sum, device=device)
+    total_correct = torch.tensor(progress.correct, device=device, dtype=torch.long)
+    seen, train_seconds = progress.seen, progress.train_seconds
     start = clock(device_type)
-    for step in range(steps):
+    for step in range(progress.step, steps):
         batch = order[step * config.batch_size : (step + 1) * config.batch_size]
         index = distributed.shard(batch, world)
-        x = to_input(train.images[index], config.channels_last)
+        x = to_input(_with_outliers(train, index, config, generator), config.channels_last)
         y = train.labels[index]
         if config.augment.enabled and (augment_steps is None or step < augment_steps):
             x = augment(x, config.augment, generator_for(augment_generator, x.device))
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=use_bf16):
             logits = model(x)
-        if world.is_distributed:
-            summed = F.cross_entropy(
-                logits.float(), y, label_smoothing=config.label_smoothing, reduction="sum"
-            )
-            # DDP averages the ranks' gradients; scaling each rank's sum by N / global batch
-            # makes that average the gradient of the global batch's mean loss, as on one
-            # process, also when the shares differ in size (the last batch of an epoch).
-            loss = summed * (world.world_size / len(batch))
-            total_loss += summed.detach()
-        else:
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
-            total_loss += loss.detach() * len(y)
+        logits, outlier_logits = logits[: len(y)], logits[len(y) :]
+        loss, summed = _batch_loss(logits, y, config, world, len(batch))
+        if len(outlier_logits):
+            # Cross-entropy against the uniform distribution: no class for a non-digit.
+            loss = loss - config.outlier_weight * F.log_softmax(outlier_logits.float(), 1).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
         if average is not None:
             average.update(distributed.unwrap(model))
+        total_loss += summed
         total_correct += (logits.argmax(1) == y).sum()
         seen += len(y)
         if on_step is not None and (step % 10 == 0 or step == steps - 1):
             on_step(step + 1, steps, total_loss.item() / seen, total_correct.item() / seen)
-        if on_eval is not None and (step + 1) in eval_steps:
+        pause = (step + 1) in eval_steps and on_eval is not None
+        if pause or (step + 1) in checkpoint_steps:
             train_seconds += clock(device_type) - start
-            on_eval(step + 1, train_seconds)
-            model.train()
+            if pause:
+                on_eval(step + 1, train_seconds)
+                model.train()
+            if (step + 1) in checkpoint_steps:
+                totals = _global_totals(total_loss, total_correct, seen, world)
+                if on_checkpoint is not None:
+                    on_checkpoint(EpochProgress(order, step + 1, *totals, train_seconds))
             start = clock(device_type)
     train_seconds += clock(device_type) - start
-    loss_sum, correct, count = total_loss.item(), total_correct.item(), seen
-    if world.is_distributed:  # the global batches' figures, not this rank's shares
-        totals = torch.tensor([loss_sum, correct, count], dtype=torch.float64,
-                              device=total_loss.device)  # fmt: skip
-        loss_sum, correct, count = distributed.sum_over_ranks(totals, world).tolist()
+    loss_sum, correct, count = _global_totals(total_loss, total_correct, seen, world)
     return {
         "loss": loss_sum / max(count, 1),
         "accuracy": correct / max(count, 1),
         "train_seconds": train_seconds,
         "steps": steps,
     }
+
+
+def _with_outliers(
+    train: Split, index: torch.Tensor, config: TrainConfig, generator: torch.Generator
+) -> torch.Tensor:
+    """The batch's digit images followed by `config.outliers` times as many outlier images."""
+    images = train.images[index]
+    if train.outliers is None or config.outliers <= 0:
+        return images
+    count = max(1, round(len(index) * config.outliers))
+    pick = torch.randint(len(train.outliers), (count,), generator=generator)
+    return torch.cat([images, train.outliers[pick.to(train.outliers.device)]])
+
+
+def with_outlier_images(splits: Splits, config: TrainConfig) -> Splits:
+    """``splits`` whose training split carries the outlier images `config.outliers` asks for:
+    as many as a fifth of the training digits, made from them, Fashion-MNIST (when it can be
+    had) and a printed font."""
+    if config.outliers <= 0 or splits.train.outliers is not None:
+        return splits
+    from digitrec.outliers import make_outliers
+
+    try:
+        fashion = data.load("fashion-mnist").train_images
+    except data.DataError:
+        fashion = None  # the font and the digit pieces stand in
+    digits = splits.train.images[:, 0].cpu().numpy()
+    count = max(64, len(digits) // 5)
+    images = make_outliers(count, np.random.default_rng(config.seed), digits, fashion)
+    outliers = torch.from_numpy(images).unsqueeze(1).to(splits.train.images.device)
+    return dataclasses.replace(splits, train=dataclasses.replace(splits.train, outliers=outliers))
+
+
+def _batch_loss(
+    logits: torch.Tensor, y: torch.Tensor, config: TrainConfig, world: World, global_batch: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss to step on, this rank's summed loss for the epoch's totals, detached)."""
+    if not world.is_distributed:
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+        return loss, loss.detach() * len(y)
+    summed = F.cross_entropy(
+        logits.float(), y, label_smoothing=config.label_smoothing, reduction="sum"
+    )
+    # DDP averages the ranks' gradients; scaling each rank's sum by N / global batch makes
+    # that average the gradient of the global batch's mean loss, as on one process, also when
+    # the shares differ in size (the last batch of an epoch).
+    return summed * (world.world_size / global_batch), summed.detach()
+
+
+def _global_totals(
+    total_loss: torch.Tensor, total_correct: torch.Tensor, seen: int, world: World
+) -> tuple[float, int, int]:
+    """(loss sum, correct, count) of the global batches, not this rank's shares."""
+    loss_sum, correct, count = total_loss.item(), int(total_correct.item()), seen
+    if world.is_distributed:
+        totals = torch.tensor([loss_sum, correct, count], dtype=torch.float64,
+                              device=total_loss.device)  # fmt: skip
+        loss_sum, correct, count = distributed.sum_over_ranks(totals, world).tolist()
+    return loss_sum, int(correct), int(count)
 
 
 def generator_for(generator: torch.Generator, device: torch.device) -> torch.Generator:
@@ -372,7 +454,10 @@ class RunResult:
 
 def reproduce_command(config: TrainConfig, recipe_name: str | None, splits: Splits) -> str | None:
     """The `digitrec train` line that trains this run again, when a named recipe made it."""
-    if recipe_name not in RECIPES or recipe(recipe_name, seed=config.seed) != config:
+    if recipe_name not in RECIPES:
+        return None
+    named = recipe(recipe_name, seed=config.seed, checkpoint_every=config.checkpoint_every)
+    if named != config:
         return None  # overridden fields: the card's "recipe" holds the full config instead
     dataset = "" if splits.dataset == "mnist" else f" --dataset {splits.dataset}"
     subset = f" --subset {splits.subset}" if splits.subset else ""
@@ -444,7 +529,8 @@ def fit(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model, history, temperature = _fit_single(
-            config, splits, out_dir, emit, resume, on_eval, world
+            config, with_outlier_images(splits, config), out_dir, emit, resume, on_eval, world,
+            recipe_name
         )
     if not world.is_main:
         return RunResult(out_dir, {}, history, model)
@@ -464,6 +550,45 @@ def fit(
     return RunResult(out_dir, card, history, model)
 
 
+# Settings that say where and how often a run trains, not what it trains: a resumed run may
+# change them (another GPU, more threads) and still continue the same training.
+RESUME_MAY_CHANGE = frozenset({"device", "threads", "checkpoint_every"})
+
+
+@dataclass
+class Training:
+    """Everything a run changes as it trains; `last.safetensors` holds all of it."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    generator: torch.Generator
+    average: WeightAverage | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_accuracy: float = -1.0
+    best_state: dict[str, torch.Tensor] | None = None
+    epoch: int = 0  # epochs finished
+    progress: EpochProgress | None = None  # the unfinished epoch, after a mid-epoch checkpoint
+
+
+def data_settings(splits: Splits) -> dict[str, Any]:
+    """What a resumed run must train on again: the dataset, its subset and validation size."""
+    return {"dataset": splits.dataset, "subset": splits.subset,
+            "validation_size": len(splits.validation)}  # fmt: skip
+
+
+def checkpoint_steps(
+    config: TrainConfig, epoch: int, steps: int, steps_per_epoch: int
+) -> frozenset[int]:
+    """The steps of `epoch` (1-based, within the epoch) after which the state is saved: every
+    `config.checkpoint_every` steps of the whole run, except an epoch's last, which saves it
+    anyway."""
+    if config.checkpoint_every <= 0:
+        return frozenset()
+    first = epoch * steps_per_epoch
+    return frozenset(s for s in range(1, steps) if (first + s) % config.checkpoint_every == 0)
+
+
 def _fit_single(
     config: TrainConfig,
     splits: Splits,
@@ -472,47 +597,29 @@ def _fit_single(
     resume: bool,
     on_eval: Callable[[nn.Module, float, float], None] | None,
     world: World = SINGLE_PROCESS,
+    recipe_name: str | None = None,
 ) -> tuple[nn.Module, list[dict[str, Any]], float]:
-    model = create_model(config.model, **config.model_args).to(config.device)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    generator = torch.Generator().manual_seed(config.seed)
-    optimizer = make_optimizer(model, config)
     steps_per_epoch = math.ceil(len(splits.train) / config.batch_size)
     total_steps = max(1, round(config.epochs * steps_per_epoch))
     augment_until = round(config.augment.until * total_steps)  # in steps from the start
-    scheduler = make_scheduler(optimizer, config, total_steps, steps_per_epoch)
-    average = WeightAverage(model, config.ema) if config.ema > 0 else None
-    history: list[dict[str, Any]] = []
-    best_accuracy, start_epoch = -1.0, 0
-    best_state = None
-
+    run = _start_training(config, total_steps, steps_per_epoch)
+    settings = {"config": to_dict(config), "data": data_settings(splits),
+                "recipe_name": recipe_name}  # fmt: skip
     if resume:
-        tensors, state = checkpoint.load_state(out_dir / checkpoint.STATE_FILE)
-        if train_config_from_dict(state["config"]) != config:
-            emit({"event": "warning", "message": "resuming with the run's own saved recipe"})
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        optimizer.load_state_dict(checkpoint.unflatten_optimizer(tensors, state["optimizer"]))
-        _match_parameter_layout(optimizer)
-        scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(tensors["rng.generator"])
-        torch.set_rng_state(tensors["rng.torch"])
-        if average is not None:
-            average.shadow = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
-            average.updates = state["ema_updates"]
-        best_state = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
-        history, best_accuracy, start_epoch = state["history"], state["best"], state["epoch"]
-        emit({"event": "resume", "epoch": start_epoch})
+        _restore_training(run, out_dir / checkpoint.STATE_FILE, config, splits, world)
+        at = f"epoch {run.epoch + 1} at step {run.progress.step}" if run.progress else None
+        emit({"event": "resume", "epoch": run.epoch,
+              "message": f"continuing {at or f'after epoch {run.epoch}'}"})  # fmt: skip
 
     # Wrapped after loading: DDP starts every rank from rank 0's weights and buffers, and the
     # state saved below is always the unwrapped model's, whatever the number of processes.
-    trained = distributed.wrap(model, world, config.device)
+    trained = distributed.wrap(run.model, world, config.device)
     epochs = math.ceil(config.epochs)
     evals = max(1, config.evals_per_epoch)
-    for epoch in range(start_epoch, epochs):
+    for epoch in range(run.epoch, epochs):
         steps = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)
         eval_steps = frozenset(round(steps * (i + 1) / evals) for i in range(evals))
-        elapsed = sum(h["train_seconds"] for h in history)
+        elapsed = sum(h["train_seconds"] for h in run.history)
 
         def step_event(
             step: int, of: int, loss: float, accuracy: float, epoch: int = epoch
@@ -524,46 +631,77 @@ def _fit_single(
             step: int, seconds: float, epoch: int = epoch, base: float = elapsed
         ) -> None:
             if on_eval is not None and world.is_main:
-                current = _averaged(model, average)
-                on_eval(current, epoch + step / steps_per_epoch, base + seconds)
+                on_eval(_averaged(run.model, run.average), epoch + step / steps_per_epoch,
+                        base + seconds)  # fmt: skip
+
+        def save_progress(progress: EpochProgress, epoch: int = epoch) -> None:
+            if world.is_main:
+                run.progress = progress
+                _save_state(out_dir / checkpoint.STATE_FILE, run, settings)
+                emit({"event": "checkpoint", "epoch": epoch + 1, "step": progress.step})
 
         result = train_one_epoch(
-            trained, optimizer, scheduler, splits.train, config, generator, steps=steps,
-            average=average, on_step=step_event, on_eval=eval_event, eval_steps=eval_steps,
-            world=world, augment_steps=augment_until - epoch * steps_per_epoch,
+            trained, run.optimizer, run.scheduler, splits.train, config, run.generator,
+            steps=steps, average=run.average, on_step=step_event, on_eval=eval_event,
+            eval_steps=eval_steps, world=world,
+            augment_steps=augment_until - epoch * steps_per_epoch, progress=run.progress,
+            on_checkpoint=save_progress,
+            checkpoint_steps=checkpoint_steps(config, epoch, steps, steps_per_epoch),
         )  # fmt: skip
-        if not world.is_main:
-            continue  # rank 0 alone validates and writes; the others go on to the next epoch
-        current = _averaged(model, average)
-        validation = evaluate(current, splits.validation)
-        record = {
-            "epoch": epoch + 1,
-            "train_loss": result["loss"],
-            "train_accuracy": result["accuracy"],
-            "validation_loss": validation["loss"],
-            "validation_accuracy": validation["accuracy"],
-            "train_seconds": result["train_seconds"],
-            "learning_rate": scheduler.get_last_lr()[0],
-        }
-        history.append(record)
-        if validation["accuracy"] > best_accuracy:
-            best_accuracy = validation["accuracy"]
-            best_state = {k: v.detach().clone() for k, v in current.state_dict().items()}
-        _save_state(out_dir, config, model, optimizer, scheduler, generator, average,
-                    best_state, history, best_accuracy, epoch + 1)  # fmt: skip
-        checkpoint.write_json(out_dir / checkpoint.HISTORY_FILE, history)
-        emit({"event": "epoch", **record})
+        run.epoch, run.progress = epoch + 1, None
+        if world.is_main:  # rank 0 alone validates and writes; the others go on
+            _end_epoch(run, result, splits, out_dir, settings, emit)
 
     if not world.is_main:
-        return model, history, 1.0
+        return run.model, run.history, 1.0
     final = create_model(config.model, **config.model_args).to(config.device)
-    final.load_state_dict(best_state if best_state is not None else model.state_dict())
+    final.load_state_dict(run.best_state if run.best_state is not None else run.model.state_dict())
     final.eval()
     temperature = 1.0
     if config.calibrate:
         temperature = fit_temperature(predict_logits(final, splits.validation.images),
                                       splits.validation.labels)  # fmt: skip
-    return final, history, temperature
+    return final, run.history, temperature
+
+
+def _start_training(config: TrainConfig, total_steps: int, steps_per_epoch: int) -> Training:
+    """A fresh model, optimizer, schedule, generator and weight average for `config`."""
+    model = create_model(config.model, **config.model_args).to(config.device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, config)
+    return Training(
+        model=model,
+        optimizer=optimizer,
+        scheduler=make_scheduler(optimizer, config, total_steps, steps_per_epoch),
+        generator=torch.Generator().manual_seed(config.seed),
+        average=WeightAverage(model, config.ema) if config.ema > 0 else None,
+    )
+
+
+def _end_epoch(
+    run: Training, result: dict[str, float], splits: Splits, out_dir: Path,
+    settings: dict[str, Any], emit: Progress,
+) -> None:  # fmt: skip
+    """Validate, keep the best weights, save the state and the history, report the epoch."""
+    current = _averaged(run.model, run.average)
+    validation = evaluate(current, splits.validation)
+    record = {
+        "epoch": run.epoch,
+        "train_loss": result["loss"],
+        "train_accuracy": result["accuracy"],
+        "validation_loss": validation["loss"],
+        "validation_accuracy": validation["accuracy"],
+        "train_seconds": result["train_seconds"],
+        "learning_rate": run.scheduler.get_last_lr()[0],
+    }
+    run.history.append(record)
+    if validation["accuracy"] > run.best_accuracy:
+        run.best_accuracy = validation["accuracy"]
+        run.best_state = {k: v.detach().clone() for k, v in current.state_dict().items()}
+    _save_state(out_dir / checkpoint.STATE_FILE, run, settings)
+    checkpoint.write_json(out_dir / checkpoint.HISTORY_FILE, run.history)
+    emit({"event": "epoch", **record})
 
 
 def _match_parameter_layout(optimizer: torch.optim.Optimizer) -> None:
@@ -587,30 +725,119 @@ def _averaged(model: nn.Module, average: WeightAverage | None) -> nn.Module:
     return clone
 
 
-def _save_state(
-    out_dir: Path, config: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
-    scheduler: Any, generator: torch.Generator, average: WeightAverage | None,
-    best_state: dict | None, history: list, best: float, epoch: int,
-) -> None:  # fmt: skip
-    optim_tensors, optim_plain = checkpoint.flatten_optimizer(optimizer.state_dict())
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+def _save_state(path: Path, run: Training, settings: dict[str, Any]) -> None:
+    """`run` as tensors plus JSON bookkeeping, with the settings a resume must match."""
+    optim_tensors, optim_plain = checkpoint.flatten_optimizer(run.optimizer.state_dict())
+    tensors = {f"model.{k}": v for k, v in run.model.state_dict().items()}
     tensors.update(optim_tensors)
-    tensors["rng.generator"] = generator.get_state()
+    tensors["rng.generator"] = run.generator.get_state()
     tensors["rng.torch"] = torch.get_rng_state()
-    if average is not None:
-        tensors.update({f"ema.{k}": v for k, v in average.state_dict().items()})
-    if best_state is not None:
-        tensors.update({f"best.{k}": v for k, v in best_state.items()})
+    if run.average is not None:
+        tensors.update({f"ema.{k}": v for k, v in run.average.state_dict().items()})
+    if run.best_state is not None:
+        tensors.update({f"best.{k}": v for k, v in run.best_state.items()})
+    progress = None
+    if run.progress is not None:
+        tensors["progress.order"] = run.progress.order
+        progress = {k: v for k, v in dataclasses.asdict(run.progress).items() if k != "order"}
     state = {
-        "config": to_dict(config),
+        **settings,
         "optimizer": optim_plain,
-        "scheduler": scheduler.state_dict(),
-        "ema_updates": average.updates if average is not None else 0,
-        "history": history,
-        "best": best,
-        "epoch": epoch,
+        "scheduler": run.scheduler.state_dict(),
+        "ema_updates": run.average.updates if run.average is not None else 0,
+        "history": run.history,
+        "best": run.best_accuracy,
+        "epoch": run.epoch,
+        "progress": progress,
     }
-    checkpoint.save_state(out_dir / checkpoint.STATE_FILE, tensors, state)
+    checkpoint.save_state(path, tensors, state)
+
+
+def _restore_training(
+    run: Training, path: Path, config: TrainConfig, splits: Splits, world: World
+) -> None:
+    """Load the state at `path` into `run`, after checking it continues this very training."""
+    tensors, state = checkpoint.load_state(path)
+    _check_same_training(path, state, config, splits)
+    part = {prefix: {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+            for prefix in ("model.", "ema.", "best.")}  # fmt: skip
+    run.model.load_state_dict(part["model."])
+    run.optimizer.load_state_dict(checkpoint.unflatten_optimizer(tensors, state["optimizer"]))
+    _match_parameter_layout(run.optimizer)
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.generator.set_state(tensors["rng.generator"])
+    torch.set_rng_state(tensors["rng.torch"])
+    if run.average is not None:
+        run.average.shadow = {k: v.to(config.device) for k, v in part["ema."].items()}
+        run.average.updates = state["ema_updates"]
+    run.best_state = part["best."] or None  # none yet when saved within the first epoch
+    run.history, run.best_accuracy, run.epoch = state["history"], state["best"], state["epoch"]
+    if state.get("progress") is not None:
+        run.progress = EpochProgress(tensors["progress.order"], **state["progress"])
+        if not world.is_main:  # the totals saved are global: counted once, on rank 0
+            run.progress = EpochProgress(run.progress.order, run.progress.step)
+
+
+def _check_same_training(
+    path: Path, state: dict[str, Any], config: TrainConfig, splits: Splits
+) -> None:
+    """A ModelError unless the state at `path` was saved by this training: the same data
+    settings, and the same config apart from where and how often it runs."""
+    saved_data, data_now = state.get("data"), data_settings(splits)
+    if saved_data != data_now:
+        raise checkpoint.ModelError(
+            f"{path}: saved while training on {_describe(saved_data)}, not on {_describe(data_now)}"
+        )
+    saved, now = to_dict(train_config_from_dict(state["config"])), to_dict(config)
+    changed = sorted(k for k in now if k not in RESUME_MAY_CHANGE and saved.get(k) != now[k])
+    if changed:
+        raise checkpoint.ModelError(
+            f"{path}: saved by a run with other settings ({', '.join(changed)} differ)"
+        )
+
+
+def _describe(settings: dict[str, Any] | None) -> str:
+    if not settings:
+        return "unrecorded data"
+    subset = f"the first {settings['subset']} images of " if settings.get("subset") else ""
+    return f"{subset}{settings['dataset']} (validation {settings['validation_size']})"
+
+
+def resume_settings(
+    run_dir: str | Path,
+    recipe_name: str | None = None,
+    dataset: str | None = None,
+    subset: int | None = None,
+    **config_values: Any,
+) -> tuple[TrainConfig, DataConfig, str | None]:
+    """(config, data settings, recipe name) to resume the run in `run_dir` with.
+
+    Everything comes from the run's saved state. A value given (not None) must agree with it,
+    else a ModelError says which one does not; only `RESUME_MAY_CHANGE` fields may change.
+    """
+    _, state = checkpoint.load_state(Path(run_dir) / checkpoint.STATE_FILE)
+    config = train_config_from_dict(state["config"])
+    data_saved = state.get("data") or {}
+    given = {"recipe": (recipe_name, state.get("recipe_name")),
+             "dataset": (dataset, data_saved.get("dataset")),
+             "subset": (subset, data_saved.get("subset"))}  # fmt: skip
+    for name, value in config_values.items():
+        if name not in RESUME_MAY_CHANGE:
+            given[name] = (value, getattr(config, name))
+    for name, (value, saved) in given.items():
+        if value is not None and value != saved:
+            flag = "--" + name.replace("_", "-")
+            raise checkpoint.ModelError(
+                f"{run_dir} was trained with {flag} {saved}, not {value}: leave {flag} out to "
+                "resume it as it was, or train a new run"
+            )
+    changes = {k: v for k, v in config_values.items() if k in RESUME_MAY_CHANGE and v is not None}
+    data_config = DataConfig(
+        dataset=data_saved.get("dataset", "mnist"),
+        subset=data_saved.get("subset"),
+        validation_size=data_saved.get("validation_size", DataConfig.validation_size),
+    )
+    return dataclasses.replace(config, **changes), data_config, state.get("recipe_name")
 
 
 def _fit_ensemble(
@@ -623,6 +850,7 @@ def _fit_ensemble(
     machines they must be on a filesystem every machine shares)."""
     from digitrec.models import Ensemble
 
+    _ensemble_state(out_dir, config, splits, recipe_name, resume, world)
     member_configs = []
     kernels = config.member_kernels or (None,) * config.members
     for index in range(config.members):
@@ -686,6 +914,21 @@ def _fit_ensemble(
     checkpoint.write_json(out_dir / checkpoint.HISTORY_FILE, history)
     emit({"event": "done", "metrics": metrics})
     return RunResult(out_dir, card, history, ensemble)
+
+
+def _ensemble_state(
+    out_dir: Path, config: TrainConfig, splits: Splits, recipe_name: str | None, resume: bool,
+    world: World,
+) -> None:  # fmt: skip
+    """An ensemble's own `last.safetensors`: no tensors (each member keeps its training state in
+    members/N), only what `--resume` reads back and checks, written before any member trains."""
+    path = out_dir / checkpoint.STATE_FILE
+    if resume:
+        _check_same_training(path, checkpoint.load_state(path)[1], config, splits)
+    elif world.is_main:
+        settings = {"config": to_dict(config), "data": data_settings(splits),
+                    "recipe_name": recipe_name}  # fmt: skip
+        checkpoint.save_state(path, {}, settings)
 
 
 def _load_member(
