@@ -7,10 +7,12 @@ STAMP  := $(VENV)/.installed
 .PHONY: run test bench lint examples clean
 
 $(STAMP): pyproject.toml
+	@echo "setting up $(VENV): installing digitrec with torch, ONNX Runtime and FastAPI (first time: a minute or two)..."
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[train,serve,dev]'
+	$(BIN)/python -m pip install --quiet --progress-bar on -e '.[train,serve,dev]'
 	touch $(STAMP)
+	@echo "$(VENV) is ready"
 
 run: $(STAMP)
 	$(BIN)/digitrec demo
@@ -31,6 +33,13 @@ lint: $(STAMP)
 
 examples: $(STAMP)
 	$(BIN)/python -m digitrec.synth examples
+
+# Every input must be read or refused in one line within 2 s of CPU; `make test` runs 3,000.
+# `make fuzz FUZZ_COUNT=20000` for a short run; failing inputs land in out/fuzz-failures.
+FUZZ_COUNT ?= 1000000
+.PHONY: fuzz
+fuzz: $(STAMP)
+	$(BIN)/python tools/fuzz.py --count $(FUZZ_COUNT)
 
 clean:
 	rm -rf $(VENV) runs out bench*.json

@@ -112,6 +112,19 @@ def browser():
         chromium.close()
 
 
+@pytest.mark.parametrize(("path", "rendered"), [("/docs", ".swagger-ui .info .title"),
+                                                 ("/redoc", "h1")])  # fmt: skip
+def test_the_api_docs_render_with_no_request_leaving_the_server(browser, server, path, rendered):
+    page = browser.new_page(viewport=VIEWPORT)
+    page.set_default_timeout(15_000)
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    page.goto(server.base_url + path)
+    assert "digitrec" in page.text_content(rendered)
+    assert requested and all(url.startswith(server.base_url) for url in requested), requested
+    page.close()
+
+
 @pytest.fixture
 def page(browser, server):
     problems: list[str] = []

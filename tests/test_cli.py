@@ -54,7 +54,7 @@ def test_recognize_json_keeps_order_schema_and_reports_bad_files(tiny_run, input
     assert code == 2  # some inputs could not be read
     assert [line["path"] for line in lines] == inputs
     for line in lines[:3]:
-        assert set(line) == {"path", "number", "digits"}
+        assert set(line) == {"path", "number", "text", "lines", "digits"}
         assert line["number"] == "".join(str(d["digit"]) for d in line["digits"])
         for digit in line["digits"]:
             assert 0 <= digit["digit"] <= 9
@@ -154,3 +154,124 @@ def test_evaluate_json_reports_three_splits_and_a_verdict(
     )
     assert {"train", "validation", "test", "verdict"} <= set(results)
     assert isinstance(results["verdict"], str) and results["verdict"]
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn", "fastcnn", "wide", "kernelnet", "pytorch-example",
+                                  "keras-convnet"])  # fmt: skip
+def test_every_registered_model_trains_through_the_model_option(
+    name, mnist, data_cache, monkeypatch, tmp_path, capsys
+):
+    from safetensors import safe_open
+
+    from digitrec.config import recipe
+    from digitrec.models import list_models
+
+    assert name in list_models()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(data_cache.parent))
+    out = tmp_path / "run"
+    # 256 images at the fast recipe's batch of 128 and half an epoch: one step.
+    code = main(["train", "--model", name, "--subset", "256", "--epochs", "0.5", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    with safe_open(str(out / "model.safetensors"), framework="numpy") as f:
+        card = json.loads(f.metadata()["digitrec_card"])
+    assert card["model"] == name
+    # The recipe's widths belong to its own model; any other model keeps its own defaults.
+    own = name == recipe("fast").model
+    expected = {"widths": list(recipe("fast").model_args["widths"])} if own else {}
+    assert card["model_args"] == expected
+
+
+def test_all_registered_models_are_covered_by_the_training_test():
+    from digitrec.models import list_models
+
+    marks = test_every_registered_model_trains_through_the_model_option.pytestmark
+    assert set(marks[0].args[1]) == set(list_models())
+
+
+def test_model_args_given_with_another_model_are_kept():
+    from digitrec.config import recipe
+
+    assert recipe("fast", model="cnn").model_args == {}
+    assert recipe("fast", model="fastcnn").model_args == {"widths": (16, 32, 48, 64)}
+    assert recipe("fast", model="cnn", model_args={"widths": (8, 8, 8)}).model_args == {
+        "widths": (8, 8, 8)
+    }
+
+
+@pytest.mark.parametrize(
+    ("accuracies", "start"),
+    [((0.95, 0.95, 0.95), "underfitting"), ((1.0, 0.98, 0.98), "overfitting"),
+     ((0.995, 0.9926, 0.995), "good fit")],
+)  # fmt: skip
+def test_fit_verdict_branches_and_the_spread_it_quotes(accuracies, start):
+    from digitrec.evaluate import fit_verdict
+
+    verdict = fit_verdict(*accuracies)
+    assert verdict.startswith(start)
+    if start == "good fit":
+        spread = max(accuracies) - min(accuracies)  # validation is the outlier here
+        assert f"within {spread:.2%}" in verdict
+
+
+def test_version_and_help_examples(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith("digitrec ")
+    for command in ("recognize", "serve", "train"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        out = capsys.readouterr().out
+        assert "example:\n  digitrec " + command in out
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    help_text = capsys.readouterr().out
+    for option in ("--backend", "--host", "--port"):
+        line = help_text[help_text.index(option, help_text.index("options:")) :]
+        assert len(line.split("\n")[0].split()) > 2 or line.split("\n")[1].startswith(" " * 20)
+
+
+def test_errors_keep_the_path_and_drop_stray_quotes(tmp_path, capsys):
+    missing = tmp_path / "some" / "dir" / "x.png"
+    assert main(["recognize", str(missing)]) == 2
+    assert capsys.readouterr().out.strip() == f"{missing}: error: file not found"
+    assert main(["summary", "foo"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("digitrec: error: unknown model 'foo'") and '"' not in err
+
+
+def test_a_folder_says_what_it_skipped_and_an_empty_one_is_an_error(tmp_path, capsys):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "scan.pdf").write_bytes(b"%PDF-1.4")
+    (folder / "drawing.svg").write_text("<svg/>")
+    (folder / "notes.txt").write_text("hi")
+    assert main(["recognize", str(folder)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 4  # three skipped files and "nothing to read"
+    # Sorted by name, as the folder is read.
+    assert "drawing.svg" in err[0] and "SVG" in err[0]
+    assert "notes.txt" in err[1]
+    assert "scan.pdf" in err[2] and "PDF" in err[2] and "PNG" in err[2]
+    assert err[3].startswith("digitrec: error: nothing to read")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["recognize", str(empty)]) == 2
+    assert "nothing to read" in capsys.readouterr().err
+
+
+def test_stages_stay_inside_their_folder_one_per_file(tmp_path, capsys):
+    image = (EXAMPLES / "04-canvas-3.png").read_bytes()
+    inputs = tmp_path / "in"
+    (inputs / "a").mkdir(parents=True)
+    (inputs / "...png").write_bytes(image)  # its stem is ".."
+    (inputs / "x.png").write_bytes(image)
+    (inputs / "a" / "x.png").write_bytes(image)  # same stem as the one above
+    stages = tmp_path / "out" / "stages"
+    paths = [str(inputs / "...png"), str(inputs / "x.png"), str(inputs / "a" / "x.png")]
+    assert main(["recognize", *paths, "--stages", str(stages)]) == 0
+    folders = sorted(p for p in stages.iterdir())
+    assert len(folders) == 3
+    assert all(p.parent == stages and p.resolve().is_relative_to(stages.resolve()) for p in folders)
+    assert all((p / "3-boxes.png").is_file() for p in folders)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["stages"]

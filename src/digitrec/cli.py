@@ -121,38 +121,39 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from digitrec import data, distributed
+    from digitrec.checkpoint import ModelError
     from digitrec.config import DataConfig, recipe
-    from digitrec.train import fit, make_splits
+    from digitrec.train import fit, make_splits, resume_settings
 
     # Under torchrun every process runs this command; rank 0 alone prints and writes.
     world = distributed.world_from_env()
 
-    config = recipe(
-        args.recipe, model=args.model, epochs=args.epochs, batch_size=args.batch_size,
-        seed=args.seed, learning_rate=args.learning_rate, threads=args.threads, device=args.device,
-    )  # fmt: skip
+    values = dict(model=args.model, epochs=args.epochs, batch_size=args.batch_size,
+                  seed=args.seed, learning_rate=args.learning_rate, threads=args.threads,
+                  device=args.device, checkpoint_every=args.checkpoint_every)  # fmt: skip
     if args.resume:
-        from digitrec.checkpoint import STATE_FILE, load_state
-        from digitrec.config import train_config_from_dict
-
-        state_path = Path(args.resume) / STATE_FILE
-        if state_path.is_file():
-            config = train_config_from_dict(load_state(state_path)[1]["config"])
+        # Settings come from the run's saved state; a flag given must agree with it.
         out = Path(args.resume)
+        if args.out and Path(args.out) != out:
+            raise ModelError(f"--resume continues in {out}; --out {args.out} names another folder")
+        config, data_config, recipe_name = resume_settings(
+            out, args.recipe, args.dataset, args.subset, **values
+        )
     else:
-        out = Path(args.out or f"runs/{args.recipe}-{config.model}-s{config.seed}")
-    dataset = data.load(args.dataset, data_dir=args.data_dir)
-    splits = make_splits(
-        dataset, DataConfig(dataset=args.dataset, subset=args.subset), config.device
-    )
+        recipe_name = args.recipe or "fast"
+        config = recipe(recipe_name, **values)
+        data_config = DataConfig(dataset=args.dataset or "mnist", subset=args.subset)
+        out = Path(args.out or f"runs/{recipe_name}-{config.model}-s{config.seed}")
+    dataset = data.load(data_config.dataset, data_dir=args.data_dir)
+    splits = make_splits(dataset, data_config, config.device)
     if world.is_main:
         processes = f" on {world.world_size} processes" if world.is_distributed else ""
-        _print(f"training {config.model} ({args.recipe} recipe) on {len(splits.train)} "
+        _print(f"training {config.model} ({recipe_name or 'no'} recipe) on {len(splits.train)} "
                f"{dataset.name} images{processes}, validating on {len(splits.validation)} "
                f"-> {out}")  # fmt: skip
     try:
         with distributed.process_group(world, config.device, args.timeout):
-            result = fit(config, splits, out, recipe_name=args.recipe, on_progress=ProgressBar(),
+            result = fit(config, splits, out, recipe_name=recipe_name, on_progress=ProgressBar(),
                          resume=bool(args.resume), world=world,
                          parallel_members=args.parallel_members)  # fmt: skip
     except distributed.CollectiveTimeout as error:
@@ -213,27 +214,49 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_recognize(args: argparse.Namespace) -> int:
-    from digitrec.recognize import Recognizer, expand_paths
+    from digitrec.recognize import Recognizer, scan_paths
 
+    if args.plot:
+        require("matplotlib")  # before any work: not after every file has been read
+    paths, skipped = scan_paths(args.paths)
+    for path, why in skipped:
+        print(f"digitrec: skipped {path}: {why}", file=sys.stderr)
+    if not paths:
+        print(f"digitrec: error: nothing to read in {' '.join(args.paths)}: no image files "
+              "(PNG, JPEG, GIF, BMP, TIFF, WebP, PNM)", file=sys.stderr)  # fmt: skip
+        return 2
     recognizer = Recognizer.load(args.model, backend=args.backend)
-    paths = expand_paths(args.paths)
-    stages = [{} for _ in paths] if args.stages else None
-    results = recognizer.recognize_many(paths, stages=stages)
-    for result in results:
-        _print(result.to_json() if args.json else result.text())
-    if args.stages:
-        from digitrec.preprocess import save_stages
-
-        for path, stage in zip(paths, stages, strict=True):
-            if stage:
-                save_stages(stage, Path(args.stages) / Path(path).stem)
-        if not args.json:
-            _print(f"stages: {args.stages}")
+    # With --stages, files go in small batches whose pictures are written and dropped at once,
+    # so memory does not grow with the number of files.
+    batch = STAGES_BATCH if args.stages else max(len(paths), 1)
+    results = []
+    for first in range(0, len(paths), batch):
+        chunk = paths[first : first + batch]
+        stages = [{} for _ in chunk] if args.stages else None
+        chunk_results = recognizer.recognize_many(chunk, stages=stages)
+        for result in chunk_results:
+            _print(result.to_json() if args.json else result.text())
+        if args.stages:
+            _write_stages(args.stages, first, chunk, stages)
+        results.extend(chunk_results)
+    if args.stages and not args.json:
+        _print(f"stages: {args.stages}")
     if args.plot:
         _plot_results(results, args.plot)
         if not args.json:
             _print(f"plot: {args.plot}")
     return 2 if any(r.error for r in results) else 0
+
+
+STAGES_BATCH = 16
+
+
+def _write_stages(root: str, first: int, paths: list[str], stages: list[dict]) -> None:
+    from digitrec.preprocess import save_stages, stages_folder
+
+    for offset, (path, stage) in enumerate(zip(paths, stages, strict=True)):
+        if stage:
+            save_stages(stage, stages_folder(root, first + offset, path))
 
 
 def _plot_results(results, path) -> Path:
@@ -483,76 +506,122 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="digitrec", description="Recognize handwritten digits: train, evaluate, read images."
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+EXAMPLES = """examples:
+  digitrec recognize photo.jpg scans/          read every image; one answer per file
+  digitrec recognize form.png --json --stages out/stages
+  digitrec train --recipe fast                 99%+ on MNIST in seconds on a laptop CPU
+  digitrec train --model cnn --epochs 2        any registered model (see `digitrec models`)
+  digitrec evaluate runs/fast-fastcnn-s0 --report out/report
+  digitrec export runs/fast-fastcnn-s0         ONNX, checked against PyTorch
+  digitrec serve --port 8000                   REST API and a drawing page
+"""
 
-    def data_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--dataset", default="mnist", help="mnist or fashion-mnist")
-        p.add_argument(
-            "--data-dir", help="folder with the four IDX files (default: $DIGITREC_DATA)"
-        )
 
-    p = sub.add_parser("data", help="fetch, describe or preview the dataset")
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as package_version
+
+    try:
+        return package_version("digitrec")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+def _data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="mnist", help="mnist or fashion-mnist")
+    p.add_argument("--data-dir", help="folder with the four IDX files (default: $DIGITREC_DATA)")
+
+
+def _model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="run directory, .safetensors or .onnx (default: bundled)")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx"],
+                   help="torch (needs digitrec[train]), onnx (ONNX Runtime, no torch), or "
+                   "auto: ONNX for the bundled model and .onnx files, else torch when "
+                   "installed")  # fmt: skip
+
+
+def _command(sub, name: str, func, help: str, example: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help, description=help, epilog=f"example:\n  {example}",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.set_defaults(func=func)
+    return p
+
+
+def _add_data(sub) -> None:
+    p = _command(sub, "data", cmd_data, "fetch, describe or preview the dataset",
+                 "digitrec data info --dataset fashion-mnist")  # fmt: skip
     p.add_argument("action", choices=["fetch", "info", "preview"])
-    data_options(p)
+    _data_options(p)
     p.add_argument("--out", default="out/preview.png", help="preview PNG path")
     p.add_argument("--seed", type=int, default=0, help="which random digits to preview")
-    p.set_defaults(func=cmd_data)
 
-    p = sub.add_parser("models", help="list the registered models")
-    p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("summary", help="layers and parameter counts of a model")
+def _add_models(sub) -> None:
+    _command(sub, "models", cmd_models, "list the registered models", "digitrec models")
+    p = _command(sub, "summary", cmd_summary, "layers and parameter counts of a model",
+                 "digitrec summary mlp")  # fmt: skip
     p.add_argument("name", help="a registered model name, e.g. mlp or cnn")
-    p.set_defaults(func=cmd_summary)
 
-    p = sub.add_parser("train", help="train a model and save a run directory")
-    p.add_argument(
-        "--recipe", default="fast", help="fast, accurate, ensemble, robust, article, ..."
-    )
-    p.add_argument("--model", help="override the recipe's model (see `digitrec models`)")
+
+def _add_train(sub) -> None:
+    p = _command(sub, "train", cmd_train, "train a model and save a run directory",
+                 "digitrec train --recipe fast --seed 1 --out runs/mine")  # fmt: skip
+    p.add_argument("--recipe",
+                   help="fast, fast-long, accurate, ensemble, robust, article, reference-pytorch "
+                   "or reference-keras (default fast)")  # fmt: skip
+    p.add_argument("--model", help="train this registered model instead of the recipe's, with "
+                   "its own default sizes (see `digitrec models`)")  # fmt: skip
     p.add_argument("--epochs", type=float, help="override the recipe's epochs")
     p.add_argument("--batch-size", type=int, help="override the recipe's batch size")
     p.add_argument("--learning-rate", type=float, help="override the recipe's learning rate")
-    p.add_argument("--seed", type=int, default=0, help="random seed (runs are deterministic)")
+    p.add_argument("--seed", type=int, help="random seed (default 0; runs are deterministic)")
     p.add_argument("--threads", type=int, help="torch threads (default: all cores)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--device", help="cpu or cuda (default cpu)")
     p.add_argument("--subset", type=int, help="train on the first N training images only")
     p.add_argument("--out", help="run directory (default runs/RECIPE-MODEL-sSEED)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
-    p.add_argument(
-        "--parallel-members", action="store_true",
-        help="under torchrun: train an ensemble's members one per process, not data-parallel",
-    )  # fmt: skip
-    p.add_argument(
-        "--timeout", type=float, default=120.0, metavar="SECONDS",
-        help="under torchrun: give up when the other processes do not answer for this long "
-        "(default %(default)g)",
-    )  # fmt: skip
-    data_options(p)
-    p.set_defaults(func=cmd_train)
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue an interrupted run with its own settings (flags given must "
+                   "agree with them)")  # fmt: skip
+    p.add_argument("--checkpoint-every", type=int, metavar="STEPS",
+                   help="save the training state every STEPS steps as well as at each epoch's "
+                   "end (default 100; 0: epoch ends only)")  # fmt: skip
+    p.add_argument("--parallel-members", action="store_true",
+                   help="under torchrun: train an ensemble's members one per process, "
+                   "not data-parallel")  # fmt: skip
+    p.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
+                   help="under torchrun: give up when the other processes do not answer for "
+                   "this long (default %(default)g)")  # fmt: skip
+    _data_options(p)
+    p.set_defaults(dataset=None)  # default mnist; unset, so --resume can tell it was left out
 
-    p = sub.add_parser("evaluate", help="test a trained run; --report writes an HTML report")
+
+def _add_evaluate(sub) -> None:
+    p = _command(sub, "evaluate", cmd_evaluate,
+                 "test a trained run; --report writes an HTML report",
+                 "digitrec evaluate runs/fast-fastcnn-s0 --report out/report")  # fmt: skip
     p.add_argument("runs", nargs="+", metavar="run",
                    help="run directory; several: test their vote (mean probability)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--report", metavar="DIR", help="write report.html and figures here")
     p.add_argument("--data-dir", help="folder with the four IDX files")
-    p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("recognize", help="read the digits in image files or folders")
+
+def _add_recognize(sub) -> None:
+    p = _command(sub, "recognize", cmd_recognize, "read the digits in image files or folders",
+                 "digitrec recognize examples/ --json")  # fmt: skip
     p.add_argument("paths", nargs="+", help="image files or folders")
-    p.add_argument("--model", help="run directory, .safetensors or .onnx (default: bundled)")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx"])
+    _model_options(p)
     p.add_argument("--json", action="store_true", help="one JSON object per input")
     p.add_argument("--plot", metavar="FILE", help="draw each image with its answer")
-    p.add_argument("--stages", metavar="DIR", help="save each preprocessing step as a PNG")
-    p.set_defaults(func=cmd_recognize)
+    p.add_argument("--stages", metavar="DIR",
+                   help="save each preprocessing step as a PNG, one folder per "
+                   "input file")  # fmt: skip
 
-    p = sub.add_parser("bench", help="time-to-accuracy benchmark against the reference recipes")
+
+def _add_bench(sub) -> None:
+    p = _command(sub, "bench", cmd_bench,
+                 "benchmarks: training time to accuracy, real-world reading, inference, serving",
+                 "digitrec bench realworld --per-kind 20")  # fmt: skip
     p.add_argument("what", choices=["train", "realworld", "infer", "serve"],
                    help="what to benchmark")  # fmt: skip
     p.add_argument("--recipes", help="train: comma-separated recipes (default fast,fast-long,"
@@ -581,39 +650,98 @@ def build_parser() -> argparse.ArgumentParser:
                    "processes of this machine (torchrun), sharing its cores")  # fmt: skip
     p.add_argument("--subset", type=int, help="train on the first N images (quick checks)")
     p.add_argument("--data-dir", help="folder with the four IDX files")
-    p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("export", help="export a run to ONNX, checked against PyTorch")
+
+def _add_export(sub) -> None:
+    p = _command(sub, "export", cmd_export, "export a run to ONNX, checked against PyTorch",
+                 "digitrec export runs/fast-fastcnn-s0 --out model.onnx")  # fmt: skip
     p.add_argument("run", help="run directory or .safetensors file")
-    p.add_argument("--format", default="onnx", choices=["onnx"])
+    p.add_argument("--format", default="onnx", choices=["onnx"], help="only ONNX for now")
     p.add_argument("--out", help="output file (default RUN_DIR/model.onnx)")
     p.add_argument("--data-dir", help="folder with MNIST's IDX files (for the parity check)")
-    p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("explain", help="kernels, activation maps, softmax, saliency of an image")
+
+def _add_explain(sub) -> None:
+    p = _command(sub, "explain", cmd_explain,
+                 "kernels, activation maps, softmax, saliency of an image",
+                 "digitrec explain examples/04-canvas-3.png --out out/explain")  # fmt: skip
     p.add_argument("image", nargs="?", help="an image file")
     p.add_argument("--model", help="run directory (default: bundled)")
     p.add_argument("--out", default="out/explain", help="folder for the figures and explain.html")
     p.add_argument("--lines", action="store_true", help="the article's line-kernel example")
     p.add_argument("--show", action="store_true", help="also open the figures in a window")
     p.add_argument("--data-dir", help="folder with the four IDX files")
-    p.set_defaults(func=cmd_explain)
 
-    p = sub.add_parser("serve", help="REST API and drawing page")
-    p.add_argument("--model", help="run directory, .safetensors or .onnx (default: bundled)")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx"])
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+
+def _add_serve(sub) -> None:
+    p = _command(sub, "serve", cmd_serve, "REST API and drawing page",
+                 "digitrec serve --host 0.0.0.0 --port 8080")  # fmt: skip
+    _model_options(p)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on; 0.0.0.0 for every interface "
+                   "(default %(default)s)")  # fmt: skip
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default %(default)s)")
     p.add_argument("--cors-origin", action="append", help="allow this origin (repeatable)")
-    p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("demo", help="the whole pipeline end to end (what `make run` runs)")
+
+def _add_demo(sub) -> None:
+    p = _command(sub, "demo", cmd_demo, "the whole pipeline end to end (what `make run` runs)",
+                 "digitrec demo --out out/demo")  # fmt: skip
     p.add_argument("--out", default="out/demo", help="where figures and the run go")
     p.add_argument("--examples", default=str(EXAMPLES_DIR), help="folder of images to read")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the training run")
     p.add_argument("--data-dir", help="folder with the four IDX files")
-    p.set_defaults(func=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="digitrec", description="Recognize handwritten digits: train, evaluate, read images.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    parser.add_argument("--version", action="version", version=f"digitrec {version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_data, _add_models, _add_train, _add_evaluate, _add_recognize, _add_bench,
+                _add_export, _add_explain, _add_serve, _add_demo):  # fmt: skip
+        add(sub)
     return parser
+
+
+# The extra that installs each optional module, for a one-line hint when one is missing.
+EXTRAS = {
+    "torch": "train",
+    "matplotlib": "train",
+    "onnx": "train",
+    "fastapi": "serve",
+    "starlette": "serve",
+    "uvicorn": "serve",
+    "multipart": "serve",
+    "python_multipart": "serve",
+    "httpx": "dev",
+}
+
+
+def missing_extra(error: ModuleNotFoundError) -> str | None:
+    """"needs torch, which is not installed: pip install 'digitrec[train]'", or None when the
+    missing module is not one of an extra's."""
+    module = (error.name or "").split(".")[0]
+    if module not in EXTRAS:
+        return None
+    return f"needs {module}, which is not installed: pip install 'digitrec[{EXTRAS[module]}]'"
+
+
+def require(module: str) -> None:
+    """Raise ModuleNotFoundError now if ``module`` is not installed (`main` names its extra)."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise ModuleNotFoundError(f"No module named {module!r}", name=module)
+
+
+def error_line(error: BaseException) -> str:
+    """The one line a user sees for an error: KeyError's repr quotes are dropped."""
+    if isinstance(error, KeyError) and error.args:
+        return str(error.args[0])
+    return str(error) or type(error).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -626,17 +754,29 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `digitrec ... | head`: the reader left; not an error of ours
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps the interpreter's flush quiet
         return 0
+    except ModuleNotFoundError as error:
+        hint = missing_extra(error)
+        if hint is None or os.environ.get("DIGITREC_DEBUG"):
+            raise
+        print(f"digitrec: error: `digitrec {args.command}` {hint}", file=sys.stderr)
+        return 1
     except Exception as error:
+        # Only the light modules that define the error types: the handler must work without
+        # torch, or a missing extra would hide behind a traceback.
         from digitrec.checkpoint import ModelError
+        from digitrec.config import DeviceError
         from digitrec.data import DataError
         from digitrec.preprocess import ImageError
-        from digitrec.train import DeviceError
 
         known = DataError | ModelError | ImageError | DeviceError | KeyError | FileNotFoundError
+        if os.environ.get("DIGITREC_DEBUG"):
+            raise
         if isinstance(error, known):
-            print(f"digitrec: error: {error}", file=sys.stderr)
+            print(f"digitrec: error: {error_line(error)}", file=sys.stderr)
             return 1
-        raise
+        print(f"digitrec: internal error: {type(error).__name__}: {error_line(error)} "
+              "(DIGITREC_DEBUG=1 shows the traceback)", file=sys.stderr)  # fmt: skip
+        return 1
 
 
 if __name__ == "__main__":

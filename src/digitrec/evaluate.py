@@ -20,9 +20,12 @@ def fit_verdict(train_accuracy: float, validation_accuracy: float, test_accuracy
             f"overfitting: training accuracy is {gap:.2%} above test accuracy; "
             "add augmentation or regularisation"
         )
+    accuracies = (train_accuracy, validation_accuracy, test_accuracy)
+    spread = max(accuracies) - min(accuracies)
     return (
-        f"good fit: train, validation and test accuracy agree within {abs(gap):.2%}"
-        f" (validation {validation_accuracy:.2%})"
+        f"good fit: train, validation and test accuracy agree within {spread:.2%} "
+        f"(train {train_accuracy:.2%}, validation {validation_accuracy:.2%}, "
+        f"test {test_accuracy:.2%})"
     )
 
 

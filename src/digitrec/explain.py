@@ -270,7 +270,8 @@ def explain_image(
     name = str(card.get("model"))
     sections.append(f"<h1>How {esc(name)} reads {esc(Path(image_path).name)}</h1>")
     sections.append(
-        f"<p><b>The number is probably a {classes[answer]}</b> ({probabilities[answer]:.1%}). "
+        f"<p><b>The number is probably {'an' if str(classes[answer]) == '8' else 'a'} "
+        f"{classes[answer]}</b> ({probabilities[answer]:.1%}). "
         f"{len(digits)} digit{'s' if len(digits) != 1 else ''} found. "
         + ("This page follows the first (leftmost). " if len(digits) > 1 else "")
         + f"Model <code>{esc(name)}</code>, {card.get('parameters', 0):,} parameters"

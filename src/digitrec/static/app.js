@@ -241,22 +241,25 @@ function showError(message) {
 }
 
 function show(result) {
-  const digits = result.digits;
+  // Marks that are not digits (a letter, a scribble) are left out of the answer.
+  const digits = result.digits.filter((digit) => !digit.not_digit);
   if (!digits.length) {
     showEmpty();
     return;
   }
-  answer.textContent = result.number;
+  answer.textContent = result.text || result.number;
   answer.className = "";
   answer.dataset.state = "done";
   const uncertain = digits.some((digit) => digit.uncertain) ? ", uncertain" : "";
   if (digits.length === 1) {
     sentence.textContent =
-      `The number is probably a ${result.number} (${percent(digits[0].confidence)}${uncertain})`;
+      `The number is probably ${result.number === "8" ? "an" : "a"} ${result.number} ` +
+      `(${percent(digits[0].confidence)}${uncertain})`;
   } else {
     const lowest = Math.min(...digits.map((digit) => digit.confidence));
     sentence.textContent =
-      `The number is probably ${result.number} (lowest digit ${percent(lowest)}${uncertain})`;
+      `The number is probably ${result.number} ` +
+      `(every digit at least ${percent(lowest)} sure${uncertain})`;
   }
   digitsBox.replaceChildren(...digits.map(digitCard));
 }
