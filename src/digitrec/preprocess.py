@@ -18,22 +18,67 @@ from __future__ import annotations
 import errno
 import io
 import os
+import re
 import stat
+import struct
+import subprocess
+import sys
 import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from digitrec import layout
 from digitrec.config import available_cores
 
 IMAGE_SIZE = 28
 BOX_SIZE = 20
 MAX_FILE_BYTES = 20 * 1024 * 1024
 MAX_PIXELS = 50_000_000
+# The formats read. Pillow opens each from its header alone; every other format is refused
+# unread: ICO decodes its largest picture while opening, EPS hands the file to Ghostscript, and
+# each further decoder is more code within reach of a hostile file.
+FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM")
+FORMAT_NAMES = "PNG, JPEG, GIF, BMP, TIFF, WebP or PNM (PBM, PGM, PPM)"
+# A decompression bomb is a small file that decodes to a huge picture: a 60 KB PNG of 7000x7000
+# white pixels takes 1 GB and a second to read. Past a large photo's pixel count, a file must hold
+# at least one byte of image data per BOMB_PIXELS_PER_BYTE pixels. Image data is what the decoder
+# inflates (a PNG's IDAT chunks, a JPEG's scans), so padding in other chunks does not count. A
+# blank 2000x1300 canvas is 200 pixels per byte, a phone photo under 10.
+BOMB_MIN_PIXELS = 16_000_000
+BOMB_PIXELS_PER_BYTE = 200
+# Each scan of a progressive JPEG is one more pass over every block of the picture, so a small
+# file repeating a scan hundreds of times takes minutes to decode. Encoders write about 10.
+MAX_JPEG_SCANS = 50
+# PNG chunks and JPEG markers are read one at a time in Python. Real files have a few thousand at
+# most (a PNG with one IDAT chunk per row); a hostile one can hold millions of tiny ones.
+MAX_SEGMENTS = 50_000
+# Files past either size are read in a process of their own, killed at DECODE_DEADLINE_S (see
+# `extract_isolated`). Below both, the header checks bound the decoding time to well under a
+# second, and a process would cost more than the work.
+ISOLATE_PIXELS = 16_000_000
+ISOLATE_BYTES = 4 * 2**20
+DECODE_DEADLINE_S = 10.0
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# The next JPEG marker: 0xFF and a code. In scan data 0xFF00 stands for a data byte 0xFF,
+# 0xFFD0-0xFFD7 are restart markers within the scan, and further 0xFF bytes are fill.
+JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+# Formats Pillow does not know, by signature and its offset, to name them when refusing.
+OTHER_SIGNATURES = (
+    (b"%PDF", 0, "PDF"),
+    (b"<svg", 0, "SVG"),
+    (b"\xff\x0a", 0, "JPEG XL"),
+    (b"JXL ", 4, "JPEG XL"),
+    (b"ftypheic", 4, "HEIF"),
+    (b"ftypheix", 4, "HEIF"),
+    (b"ftypmif1", 4, "HEIF"),
+    (b"ftyp", 4, "ISO media (HEIF or video)"),
+)
 
 # Large photos are shrunk to this longest side before the ink and box steps: 1024 px is far more
 # than a 20x20 box needs, and it keeps the morphology below a few milliseconds.
@@ -74,6 +119,28 @@ class Digit:
 
     image: np.ndarray  # (28, 28) float32 in [0, 1], white on black, MNIST-normalised
     box: tuple[int, int, int, int]  # x, y, width, height in original pixels (after EXIF)
+    line: int = 0  # its text line, counted from 0 at the top
+    # The (h, w) float32 ink crop, in working pixels, that to_mnist was given: touching digits
+    # can be cut apart from it without decoding the image again.
+    ink: np.ndarray | None = None
+    scale: float = 1.0  # working pixels per original pixel (box = crop box / scale)
+
+
+@dataclass(frozen=True)
+class Separator:
+    """A mark between digits: ".", ",", "-", "/" or ":"."""
+
+    char: str
+    box: tuple[int, int, int, int]  # x, y, width, height in original pixels (after EXIF)
+    line: int = 0  # its text line, counted from 0 at the top
+
+
+@dataclass(frozen=True)
+class Page:
+    """The digits and separators of an image, each in reading order."""
+
+    digits: list[Digit]
+    separators: list[Separator]
 
 
 def read_bytes(path: str | os.PathLike[str]) -> bytes:
@@ -113,43 +180,78 @@ def decode(data: bytes) -> np.ndarray:
 
     EXIF orientation is applied, 16-bit images are scaled by their full range, and transparency
     is composited onto a paper colour chosen so that ink drawn only in the alpha channel shows.
+    The header is checked by `open_image` first, and any failure of a decoder is an ImageError.
     """
-    if not data:
-        raise ImageError("empty file")
-    if len(data) > MAX_FILE_BYTES:
-        raise ImageError(_too_large_message(len(data)))
-    try:
-        # Pillow warns (and past twice its limit, raises) about decompression bombs; both mean the
-        # file is too large for us, so the warning is raised as an error here.
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            # Image.open reads only the header: refuse by pixel count before anything is decoded.
-            width, height = image.size
-            if width * height > MAX_PIXELS:
-                raise ImageError(_too_many_pixels_message(width, height))
-            if width == 0 or height == 0:
-                raise ImageError("image has no pixels")
-            if image.format == "JPEG" and image.mode in ("RGB", "YCbCr"):
-                # Let the JPEG decoder keep only the luma: half the decode time, same gray.
-                image.draft("L", image.size)
-            image.load()
-            image = _exif_upright(image)
-            gray, alpha = _gray_and_alpha(image)
-    except ImageError:
-        raise
-    except UnidentifiedImageError:
-        raise ImageError("not an image (unrecognised format)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError("image too large (decompression bomb guard)") from None
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError):
-        # Pillow reports truncated or damaged data through a mix of exception types.
-        raise ImageError("corrupt or truncated image") from None
-    except MemoryError:
-        raise ImageError("image too large to decode") from None
+    _check_size(data)
+    with _decoder_errors():
+        image = open_image(data)
+        if image.format == "JPEG" and image.mode in ("RGB", "YCbCr"):
+            # Let the JPEG decoder keep only the luma: half the decode time, same gray.
+            image.draft("L", image.size)
+        # Only the first frame of a multi-frame TIFF, GIF or MPO is decoded.
+        image.load()
+        image = _exif_upright(image)
+        gray, alpha = _gray_and_alpha(image)
     if alpha is not None:
         gray = _composite(gray, alpha)
     return gray
+
+
+def open_image(data: bytes) -> Image.Image:
+    """Open image bytes, reading the header and layout only, and refuse them before any pixel
+    is decoded: a format outside FORMATS, over MAX_PIXELS or no pixels at all, a decompression
+    bomb, a JPEG of over MAX_JPEG_SCANS scans, over MAX_SEGMENTS chunks or markers.
+
+    Raises a one-line ImageError for these and for whatever the header parser raises.
+    """
+    _check_size(data)
+    with _decoder_errors():
+        image_bytes = image_data_size(data)
+        try:
+            image = Image.open(io.BytesIO(data), formats=FORMATS)
+        except UnidentifiedImageError:
+            raise ImageError(_unidentified_message(data)) from None
+        width, height = image.size
+        if width * height > MAX_PIXELS:
+            raise ImageError(_too_many_pixels_message(width, height))
+        if width == 0 or height == 0:
+            raise ImageError("image has no pixels")
+        bomb = decompression_bomb(width, height, image_bytes)
+        if bomb is not None:
+            raise ImageError(bomb)
+    return image
+
+
+def image_data_size(data: bytes) -> int:
+    """Bytes of image data in a file, from its layout alone (nothing is decoded): a PNG's IDAT
+    chunks, a JPEG's scans, the whole file for the other formats.
+
+    Raises ImageError for a JPEG of over MAX_JPEG_SCANS scans, a PNG or JPEG of over
+    MAX_SEGMENTS chunks or markers, and a WebP whose header claims over MAX_PIXELS (its decoder
+    allocates the whole canvas as it opens).
+    """
+    if data.startswith(PNG_SIGNATURE):
+        return _png_data_size(data)
+    if data.startswith(b"\xff\xd8"):
+        return _jpeg_data_size(data)
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        size = _webp_size(data)
+        if size is not None and size[0] * size[1] > MAX_PIXELS:
+            raise ImageError(_too_many_pixels_message(*size))
+    return len(data)
+
+
+def decompression_bomb(width: int, height: int, image_bytes: int) -> str | None:
+    """Why a width x height image from ``image_bytes`` bytes of image data is a decompression
+    bomb (see BOMB_PIXELS_PER_BYTE), or None when it is not one."""
+    pixels = width * height
+    if pixels <= BOMB_MIN_PIXELS or pixels <= BOMB_PIXELS_PER_BYTE * image_bytes:
+        return None
+    return (
+        f"decompression bomb: {width}x{height} pixels from {image_bytes:,d} bytes of image data "
+        f"(over {BOMB_PIXELS_PER_BYTE} pixels per byte past "
+        f"{BOMB_MIN_PIXELS // 1_000_000} megapixels)"
+    )
 
 
 def to_ink(gray: np.ndarray) -> np.ndarray:
@@ -171,29 +273,78 @@ def to_ink(gray: np.ndarray) -> np.ndarray:
 
 
 def find_digit_boxes(ink: np.ndarray) -> list[tuple[int, int, int, int]]:
-    """Find the digits in an ink map as (x, y, width, height) boxes, left to right.
+    """Find the digits in an ink map as (x, y, width, height) boxes in reading order: text
+    lines top to bottom, each left to right.
 
-    Connected components of the thresholded ink are grouped when they overlap horizontally (the
-    hat of a 5, a broken 4); specks are dropped. A blank page gives [].
+    Connected components of the thresholded ink are grouped into text lines, and within a line
+    when they overlap horizontally (the hat of a 5, a broken 4); specks, separators and page
+    edges are dropped. A blank page gives [].
     """
-    ink = np.asarray(ink, dtype=np.float32)
+    lines, _ = _read_layout(np.asarray(ink, dtype=np.float32))
+    return [box for boxes in lines for box in boxes]
+
+
+def _read_layout(
+    ink: np.ndarray,
+) -> tuple[list[list[tuple[int, int, int, int]]], list[tuple[str, tuple[int, int, int, int], int]]]:
+    """The digit boxes of each text line (lines top to bottom, boxes left to right) and the
+    separators as (character, box, line), in the same order."""
+    labels, components = _ink_components(ink)
+    minimum_side = max(2.0, MIN_SPECK_FRACTION * min(ink.shape))
+    # A speck is small in both directions; a thin 1 is narrow but tall. Specks are kept until
+    # the separators are read, since a decimal point is one.
+    parts = [max(box[2], box[3]) >= minimum_side and area >= 4 for _, box, area in components]
+    if not any(parts):
+        return [], []
+    boxes = [box for _, box, _ in components]
+    lines = layout.group_lines(boxes, MIN_HEIGHT_RATIO)
+    marks = layout.find_separators(labels, components, lines, MIN_HEIGHT_RATIO)
+    marked = {index for _, indices in marks for index in indices}
+    digit_lines: list[list[tuple[int, int, int, int]]] = []
+    numbers: dict[int, int] = {}
+    for line in sorted(set(lines)):
+        members = [
+            boxes[index]
+            for index, member_line in enumerate(lines)
+            if member_line == line and parts[index] and index not in marked
+        ]
+        groups = _merge_overlapping(members)
+        if not groups:
+            continue
+        tallest = max(height for _, _, _, height in groups)
+        groups = [box for box in groups if box[3] >= MIN_HEIGHT_RATIO * tallest]
+        numbers[line] = len(digit_lines)
+        digit_lines.append(sorted(groups, key=lambda box: box[0]))
+    separators = []
+    for char, indices in marks:
+        box = boxes[indices[0]]
+        for index in indices[1:]:
+            box = _union(box, boxes[index])
+        if lines[indices[0]] in numbers:
+            separators.append((char, box, numbers[lines[indices[0]]]))
+    return digit_lines, sorted(separators, key=lambda mark: (mark[2], mark[1][0]))
+
+
+def _ink_components(
+    ink: np.ndarray,
+) -> tuple[np.ndarray, list[tuple[int, tuple[int, int, int, int], int]]]:
+    """Label the thresholded ink map; return the labels and the (label, box, area) of every
+    component of two pixels or more that does not lie along an image edge."""
     ink_bytes = np.clip(ink * 255.0 + 0.5, 0, 255).astype(np.uint8)
     if int(ink_bytes.max()) < MIN_INK_THRESHOLD * 255:
-        return []
+        return np.zeros(ink.shape, np.int32), []
     otsu, _ = cv2.threshold(ink_bytes, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     threshold = max(otsu, MIN_INK_THRESHOLD * 255)
     _, mask = cv2.threshold(ink_bytes, threshold, 255, cv2.THRESH_BINARY)
     count, labels, statistics, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    minimum_side = max(2.0, MIN_SPECK_FRACTION * min(ink.shape))
     # How many pixels of each component lie on each image edge: top, bottom, left, right.
     edges = [labels[0, :], labels[-1, :], labels[:, 0], labels[:, -1]]
     contacts = [np.bincount(edge, minlength=count) for edge in edges]
     image_height, image_width = ink.shape
-    boxes = []
+    components = []
     for label in range(1, count):
         x, y, width, height, area = (int(value) for value in statistics[label])
-        # A speck is small in both directions; a thin 1 is narrow but tall.
-        if max(width, height) < minimum_side or area < 4:
+        if area < 2:
             continue
         # Ink lying along an image edge for most of its length is the page edge, the table, or
         # a shadow band at the border, not a digit; a digit cut by the border only crosses it.
@@ -204,13 +355,8 @@ def find_digit_boxes(ink: np.ndarray) -> list[tuple[int, int, int, int]]:
             for contact, span, side in zip(contacts, spans, sides, strict=True)
         ):
             continue
-        boxes.append((x, y, width, height))
-    groups = _merge_overlapping(boxes)
-    if not groups:
-        return []
-    tallest = max(height for _, _, _, height in groups)
-    groups = [box for box in groups if box[3] >= MIN_HEIGHT_RATIO * tallest]
-    return sorted(groups, key=lambda box: box[0])
+        components.append((label, (x, y, width, height), area))
+    return labels, components
 
 
 def to_mnist(ink: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
@@ -269,11 +415,20 @@ def to_mnist(ink: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
 
 
 def extract_digits(data: bytes, stages: dict[str, np.ndarray] | None = None) -> list[Digit]:
-    """Decode image bytes and return every digit in it, left to right.
+    """Decode image bytes and return every digit in it in reading order: text lines top to
+    bottom, each left to right.
 
     If ``stages`` is a dict it is filled with a picture of each step: "1-decoded", "2-ink",
-    "3-boxes" (RGB uint8) and "4-digit-0", "4-digit-1", ...
+    then, if the page had ruled lines, a grid, boxes or the like, "2b-structure" (what was
+    erased) and "2c-ink" (the ink without it), then "3-boxes" (RGB uint8) and "4-digit-0",
+    "4-digit-1", ...
     """
+    return extract_page(data, stages).digits
+
+
+def extract_page(data: bytes, stages: dict[str, np.ndarray] | None = None) -> Page:
+    """Decode image bytes and return its digits and the separators between them (". , - / :"),
+    both in reading order; ``stages`` as for `extract_digits`."""
     gray = decode(data)
     height, width = gray.shape
     # Work on at most WORKING_SIZE px a side; boxes are scaled back to the original pixels.
@@ -284,37 +439,181 @@ def extract_digits(data: bytes, stages: dict[str, np.ndarray] | None = None) -> 
     else:
         working = gray
     ink = to_ink(working)
-    boxes = find_digit_boxes(ink)
-    digits = []
-    for box in boxes:
-        digits.append(Digit(image=to_mnist(ink, box), box=_scale_box(box, scale, width, height)))
+    clean, structure = layout.remove_structure(ink)
+    lines, marks = _read_layout(clean)
+    digits = [
+        Digit(
+            image=to_mnist(clean, box),
+            box=_scale_box(box, scale, width, height),
+            line=line,
+            ink=clean[max(box[1], 0) : box[1] + box[3], max(box[0], 0) : box[0] + box[2]].copy(),
+            scale=scale,
+        )
+        for line, boxes in enumerate(lines)
+        for box in boxes
+    ]
+    separators = [
+        Separator(char=char, box=_scale_box(box, scale, width, height), line=line)
+        for char, box, line in marks
+    ]
     if stages is not None:
         stages["1-decoded"] = working
         stages["2-ink"] = ink
-        stages["3-boxes"] = _draw_boxes(ink, boxes)
+        if structure.any():
+            stages["2b-structure"] = structure
+            stages["2c-ink"] = clean
+        stages["3-boxes"] = _draw_boxes(clean, [box for boxes in lines for box in boxes], marks)
         for index, digit in enumerate(digits):
             stages[f"4-digit-{index}"] = digit.image
-    return digits
+    return Page(digits=digits, separators=separators)
 
 
 def extract_or_error(
-    source: str | os.PathLike[str] | bytes, stages: dict | None = None
-) -> list[Digit] | ImageError:
-    """`extract_digits` of a file or its bytes, with a bad file's error returned, not raised."""
+    source: str | os.PathLike[str] | bytes, stages: dict | None = None, page: bool = False
+) -> list[Digit] | Page | ImageError:
+    """`extract_digits` of a file or its bytes (`extract_page` with ``page``), with a bad file's
+    error returned, not raised.
+
+    A file over ISOLATE_BYTES or ISOLATE_PIXELS is read by `extract_isolated`, under a deadline.
+    """
     try:
-        data = source if isinstance(source, bytes | bytearray) else read_bytes(source)
-        return extract_digits(bytes(data), stages=stages)
+        data = bytes(source) if isinstance(source, bytes | bytearray) else read_bytes(source)
+        if _is_large(data):
+            found = extract_isolated(data, stages)
+            return found if page else found.digits
+        if page:
+            return extract_page(data, stages=stages)
+        return extract_digits(data, stages=stages)
     except ImageError as error:
         return error
+    except Exception as error:  # a fault that one file meets must not abort a batch or a server
+        return ImageError(f"internal error while reading the image ({type(error).__name__})")
+
+
+def extract_isolated(
+    data: bytes, stages: dict | None = None, deadline_s: float = DECODE_DEADLINE_S
+) -> Page:
+    """`extract_page` in a Python process of its own, killed if it runs past ``deadline_s``.
+
+    A decoder busy in C cannot be stopped from Python (a signal waits for it to return, a thread
+    cannot be killed), so a process is the only sure deadline. But starting one means a fresh
+    interpreter importing numpy, OpenCV and Pillow, 0.3 s on two busy cores: thirty times the
+    whole work for a typical file, which would cut a batch of small files to a tenth of its
+    speed. So only large files pay it (see ISOLATE_PIXELS), where it about doubles the time of
+    a 20-megapixel photo; smaller ones are bounded by the checks of `open_image` instead. The
+    answer comes back as an .npz of plain arrays, never a pickle, so even a decoder subverted by
+    its input cannot reach this process; a decoder that crashes takes only its own process down.
+    """
+    command = [sys.executable, "-c", "import digitrec.preprocess as p; p._isolated_main()"]
+    if stages is not None:
+        command.append("--stages")
+    # The child finds this very package even when it is run from a source tree.
+    package_root = str(Path(__file__).resolve().parent.parent)
+    paths = [package_root, os.environ.get("PYTHONPATH", "")]
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(path for path in paths if path)}
+    try:
+        done = subprocess.run(
+            command, input=data, capture_output=True, timeout=deadline_s, env=environment
+        )
+    except subprocess.TimeoutExpired:  # run() has killed the process
+        raise ImageError(f"took over {deadline_s:g} s to read (the deadline per image)") from None
+    except OSError as error:
+        raise ImageError(f"cannot start a process to read the image ({error})") from None
+    if done.returncode < 0:
+        raise ImageError(f"the image decoder crashed (signal {-done.returncode})")
+    if done.returncode != 0:
+        last = (done.stderr.decode(errors="replace").strip().splitlines() or ["no message"])[-1]
+        raise ImageError(f"reading failed in its own process ({last[:200]})")
+    return _unpack_page(done.stdout, stages)
+
+
+def _is_large(data: bytes) -> bool:
+    """Whether ``data`` is read in a process of its own; files refused from their header raise
+    ImageError here, before any process starts."""
+    _check_size(data)
+    if len(data) > ISOLATE_BYTES:
+        return True
+    with open_image(data) as image:
+        width, height = image.size
+    return width * height > ISOLATE_PIXELS
+
+
+def _isolated_main() -> None:
+    """The process started by `extract_isolated`: image bytes in on stdin, an .npz out."""
+    stages: dict | None = {} if "--stages" in sys.argv else None
+    try:
+        page = extract_page(sys.stdin.buffer.read(), stages=stages)
+    except ImageError as error:
+        arrays = {"error": np.array(str(error))}
+    else:
+        arrays = {**_pack(page.digits, "digit"), **_pack(page.separators, "separator")}
+        for name, picture in (stages or {}).items():
+            arrays[f"stage.{name}"] = np.asarray(picture)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    sys.stdout.buffer.write(buffer.getvalue())
+
+
+def _pack(items: Sequence[Digit | Separator], group: str) -> dict[str, np.ndarray]:
+    """Dataclass items as named arrays ``group.INDEX.FIELD``: no pickle needed to send them."""
+    arrays = {f"{group}.count": np.array(len(items))}
+    for index, item in enumerate(items):
+        for field in fields(item):
+            value = getattr(item, field.name)
+            if value is not None:
+                suffix = ".tuple" if isinstance(value, tuple) else ""
+                arrays[f"{group}.{index}.{field.name}{suffix}"] = np.asarray(value)
+    return arrays
+
+
+def _unpack(arrays: dict[str, np.ndarray], group: str, kind: type) -> list:
+    """The items `_pack` made of the dataclass ``kind``; ValueError for anything else."""
+    known = {field.name for field in fields(kind)}
+    values: list[dict] = [{} for _ in range(int(arrays[f"{group}.count"]))]
+    for key, array in arrays.items():
+        parts = key.split(".")
+        if parts[0] != group or len(parts) < 3:
+            continue
+        index, name = int(parts[1]), parts[2]
+        if name not in known or not 0 <= index < len(values):
+            raise ValueError(f"unexpected array {key}")
+        if parts[3:] == ["tuple"]:
+            values[index][name] = tuple(element.item() for element in array)
+        else:
+            values[index][name] = array.item() if array.ndim == 0 else array
+    return [kind(**value) for value in values]
+
+
+def _unpack_page(payload: bytes, stages: dict | None) -> Page:
+    """The page (and stage pictures, into ``stages``) that `_isolated_main` sent back."""
+    try:
+        with np.load(io.BytesIO(payload), allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+        if "error" in arrays:
+            message = str(arrays["error"]).replace("\n", " ")[:300]
+        else:
+            message = None
+            page = Page(_unpack(arrays, "digit", Digit), _unpack(arrays, "separator", Separator))
+    except (ValueError, TypeError, OSError, EOFError, KeyError):
+        raise ImageError("unreadable answer from the process reading the image") from None
+    if message is not None:
+        raise ImageError(message)
+    if stages is not None:
+        for name, picture in arrays.items():
+            if name.startswith("stage."):
+                stages[name.removeprefix("stage.")] = picture
+    return page
 
 
 def extract_many(
     sources: Sequence[str | os.PathLike[str] | bytes],
     stages: Sequence[dict | None] | None = None,
     workers: int | None = None,
-) -> list[list[Digit] | ImageError]:
+    page: bool = False,
+) -> list[list[Digit] | Page | ImageError]:
     """`extract_or_error` for many files, on `workers` threads (default: one per core); with
-    ``stages``, one dict (or None) per file to fill with its step pictures.
+    ``stages``, one dict (or None) per file to fill with its step pictures; with ``page``, a
+    `Page` per file.
 
     Pillow's decoders and OpenCV release the GIL while they work, so threads run the files in
     parallel without the start-up cost, pickling and main-module rules of worker processes.
@@ -322,11 +621,14 @@ def extract_many(
     stages = list(stages) if stages is not None else [None] * len(sources)
     workers = available_cores() if workers is None else workers
     if workers <= 1 or len(sources) < 2 * workers:
-        return [extract_or_error(source, s) for source, s in zip(sources, stages, strict=True)]
+        return [
+            extract_or_error(source, s, page=page)
+            for source, s in zip(sources, stages, strict=True)
+        ]
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(extract_or_error, sources, stages))
+        return list(pool.map(lambda source, s: extract_or_error(source, s, page), sources, stages))
 
 
 def save_stages(stages: dict[str, np.ndarray], directory: str | os.PathLike[str]) -> list[Path]:
@@ -342,6 +644,17 @@ def save_stages(stages: dict[str, np.ndarray], directory: str | os.PathLike[str]
         Image.fromarray(picture).save(path)
         paths.append(path)
     return paths
+
+
+def stages_folder(root: str | os.PathLike[str], index: int, path: str | os.PathLike[str]) -> Path:
+    """``root/NNNN-stem``: the stage pictures' folder for the index-th input file.
+
+    The index keeps two files with one stem apart, and the stem keeps only letters, digits,
+    "_", "-" and inner dots, so no name ("..png", "a/../../b.png") can leave ``root``.
+    """
+    stem = "".join(c if c.isalnum() or c in "_-." else "_" for c in Path(path).stem)
+    stem = stem.strip(".")[:80] or "image"
+    return Path(root) / f"{index:04d}-{stem}"
 
 
 def mnist_like(image28: np.ndarray) -> np.ndarray:
@@ -418,6 +731,124 @@ def _too_many_pixels_message(width: int, height: int) -> str:
     return f"image too large ({width}x{height} pixels, limit {MAX_PIXELS // 1_000_000} megapixels)"
 
 
+def _check_size(data: bytes) -> None:
+    if not data:
+        raise ImageError("empty file")
+    if len(data) > MAX_FILE_BYTES:
+        raise ImageError(_too_large_message(len(data)))
+
+
+@contextmanager
+def _decoder_errors() -> Iterator[None]:
+    """Turn whatever Pillow raises while opening or decoding into a one-line ImageError.
+
+    Pillow warns (and past twice its limit, raises) about decompression bombs; both mean the file
+    is too large for us, so the warning is raised as an error here.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError("not an image (unrecognised format)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError("image too large (decompression bomb guard)") from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError):
+        # Pillow reports truncated or damaged data through a mix of exception types.
+        raise ImageError("corrupt or truncated image") from None
+    except MemoryError:
+        raise ImageError("image too large to decode") from None
+    except Exception as error:
+        # Whatever else a decoder raises is this file's failure, not the batch's or the server's.
+        raise ImageError(f"cannot decode image ({type(error).__name__})") from None
+
+
+def _unidentified_message(data: bytes) -> str:
+    """Why Pillow would not open ``data`` as one of FORMATS, naming the format its first bytes
+    announce. Only signatures are compared: no decoder outside FORMATS ever sees the file."""
+    prefix = data[:16]
+    for name in list(Image.ID):  # a copy: another thread may be registering Pillow's plugins
+        accept = Image.OPEN[name][1]
+        try:
+            announced = accept is not None and bool(accept(prefix))
+        except Exception:  # a signature test that trips on a short prefix announces nothing
+            announced = False
+        if announced:
+            if name in FORMATS:
+                return f"corrupt or truncated {name} header"
+            return f"unsupported image format {name}; use {FORMAT_NAMES}"
+    for signature, offset, name in OTHER_SIGNATURES:
+        if data[offset : offset + len(signature)] == signature:
+            return f"unsupported image format {name}; use {FORMAT_NAMES}"
+    return "not an image (unrecognised format)"
+
+
+def _png_data_size(data: bytes) -> int:
+    """Total length of a PNG's IDAT chunks, from the chunk headers (nothing is inflated)."""
+    total, position, chunks = 0, len(PNG_SIGNATURE), 0
+    while position + 8 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, position)
+        chunks += 1
+        if chunks > MAX_SEGMENTS:
+            raise ImageError(f"too many PNG chunks (over {MAX_SEGMENTS:,d})")
+        if kind == b"IDAT":
+            # A chunk cut short by the end of the file holds only what is there.
+            total += min(length, len(data) - position - 8)
+        elif kind == b"IEND":
+            break
+        position += 12 + length
+    return total
+
+
+def _jpeg_data_size(data: bytes) -> int:
+    """Total length of a JPEG's scans, walking its markers as the decoder does (nothing is
+    decoded); refuses over MAX_JPEG_SCANS scans or MAX_SEGMENTS markers.
+
+    A marker segment is skipped by its length. Scan data has no length: it runs to the next
+    marker, found by JPEG_MARKER, which passes over what the entropy-coded data may hold.
+    """
+    total = scans = segments = 0
+    position = 2  # past the start-of-image marker
+    while (found := JPEG_MARKER.search(data, position)) is not None:
+        marker, position = data[found.start() + 1], found.end()
+        segments += 1
+        if segments > MAX_SEGMENTS:
+            raise ImageError(f"too many JPEG markers (over {MAX_SEGMENTS:,d})")
+        if marker == 0xD9:  # end of image: the decoder reads nothing after it
+            break
+        if marker in (0x01, 0xD8):  # markers without a length
+            continue
+        position += int.from_bytes(data[position : position + 2], "big")
+        if marker == 0xDA:  # start of scan: its header, then the entropy-coded data
+            scans += 1
+            if scans > MAX_JPEG_SCANS:
+                raise ImageError(
+                    f"too many JPEG scans (over {MAX_JPEG_SCANS}; a progressive photo has about 10)"
+                )
+            following = JPEG_MARKER.search(data, position)
+            end = following.start() if following is not None else len(data)
+            total += end - found.start()
+            position = end
+    return total
+
+
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    """A WebP's canvas size from the header of its first chunk; None if it is not there."""
+    kind = data[12:16]
+    if kind == b"VP8X" and len(data) >= 30:
+        width, height = data[24:27], data[27:30]
+        return int.from_bytes(width, "little") + 1, int.from_bytes(height, "little") + 1
+    if kind == b"VP8L" and len(data) >= 25 and data[20] == 0x2F:
+        bits = int.from_bytes(data[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if kind == b"VP8 " and len(data) >= 30 and data[23:26] == b"\x9d\x01\x2a":
+        width, height = data[26:28], data[28:30]
+        return int.from_bytes(width, "little") & 0x3FFF, int.from_bytes(height, "little") & 0x3FFF
+    return None
+
+
 def _exif_upright(image: Image.Image) -> Image.Image:
     """Apply the EXIF orientation tag; a damaged EXIF block is ignored rather than fatal."""
     try:
@@ -437,7 +868,9 @@ def _gray_and_alpha(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
         full_scale = 65535.0 if peak <= 65535.0 else peak
         return np.clip(values / full_scale, 0.0, 1.0), None
     if mode == "F":
+        # A float image (PFM) may hold NaN or infinities: no paper or ink level, so 0.
         values = np.asarray(image).astype(np.float32)
+        values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
         if values.size and float(values.max()) > 1.0:
             values = values / 255.0
         return np.clip(values, 0.0, 1.0), None
@@ -532,20 +965,27 @@ def _scale_box(
     return (left, top, right - left, bottom - top)
 
 
-def _draw_boxes(ink: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> np.ndarray:
-    """An RGB uint8 picture of the ink map with each box drawn in red and numbered."""
+def _draw_boxes(
+    ink: np.ndarray,
+    boxes: list[tuple[int, int, int, int]],
+    separators: Sequence[tuple[str, tuple[int, int, int, int], int]] = (),
+) -> np.ndarray:
+    """An RGB uint8 picture of the ink map with each digit box drawn in red and numbered in
+    reading order, and each separator's box in green with its character."""
     gray = np.clip(ink * 255.0 + 0.5, 0, 255).astype(np.uint8)
     picture = np.ascontiguousarray(np.stack([gray, gray, gray], axis=-1))
     thickness = max(1, max(ink.shape) // 300)
-    for index, (x, y, width, height) in enumerate(boxes):
-        cv2.rectangle(picture, (x, y), (x + width - 1, y + height - 1), (255, 0, 0), thickness)
+    labelled = [(str(index), box, (255, 0, 0)) for index, box in enumerate(boxes)]
+    labelled += [(char, box, (0, 200, 0)) for char, box, _ in separators]
+    for text, (x, y, width, height), colour in labelled:
+        cv2.rectangle(picture, (x, y), (x + width - 1, y + height - 1), colour, thickness)
         cv2.putText(
             picture,
-            str(index),
+            text,
             (x, max(0, y - 3)),
             cv2.FONT_HERSHEY_SIMPLEX,
             0.4 * thickness,
-            (255, 0, 0),
+            colour,
             thickness,
         )
     return picture

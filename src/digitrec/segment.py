@@ -1,0 +1,133 @@
+"""Touching digits: cut one wide blob of ink into the digits it holds.
+
+Connected components cannot separate digits whose strokes touch or overlap ("00" is one blob).
+A blob much wider than a digit is over-segmented instead: cuts are proposed where the column
+profile of its ink thins out (and at even spacing, for overlaps with no thin column), every way
+of cutting it into one to four pieces is a path, each piece is read by the digit classifier, and
+the path whose pieces the classifier reads most surely, with a penalty for pieces too wide to be
+one digit, wins. The classifier is trained to be unsure of pieces of digits and of two digits in
+one blob (`digitrec.outliers`), which is what makes its confidence a fair judge of a cut. A
+plain digit read surely never gets here: only wide blobs, or blobs read unsure, are tried.
+
+    candidate_cuts -> segmentations -> pieces (one model call for all) -> best_path
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import numpy as np
+
+from digitrec.preprocess import Digit, to_mnist
+
+# Width / height above which a blob may hold several digits. Handwritten digits are narrower
+# than tall; a round 0 or a wide 2 reaches about 1.0.
+WIDE_ASPECT = 1.05
+# A piece wider than this (width / height) pays PENALTY_PER_ASPECT per unit above it: the
+# classifier alone reads a blob of two zeros as one confident 0.
+PIECE_ASPECT = 0.95
+PENALTY_PER_ASPECT = 12.0
+# Every piece past the first costs this much (in log confidence): a slice of any stroke reads
+# as a sure 1, so cutting must be paid for by the pieces' readings.
+PIECE_COST = 1.0
+# A blob of plain width is tried too when the model reads it below this confidence and it is
+# wider than RETRY_ASPECT (a 1 touching a 4 is as wide as one digit).
+RETRY_BELOW = 0.9
+RETRY_ASPECT = 0.5
+# Narrowest piece, as a fraction of the blob's height: a 1 is thin, but not thinner.
+MIN_PIECE = 0.12
+MAX_DIGITS = 4
+# Cut positions tried: the thinnest columns of the profile plus even spacing.
+MAX_CUTS = 8
+INK = 0.3
+
+Span = tuple[int, int]  # [left, right) columns of the blob's ink crop
+
+
+def is_wide(digit: Digit) -> bool:
+    """Whether a found blob is wide enough to be several touching digits."""
+    if digit.ink is None:
+        return False
+    height, width = digit.ink.shape
+    return width > WIDE_ASPECT * height
+
+
+def should_split(digit: Digit, confidence: float) -> bool:
+    """Whether to try cutting a blob: it is wide, or the model is unsure of it and it is wide
+    enough for a 1 beside another digit."""
+    if digit.ink is None:
+        return False
+    height, width = digit.ink.shape
+    return is_wide(digit) or (confidence < RETRY_BELOW and width > RETRY_ASPECT * height)
+
+
+def candidate_cuts(ink: np.ndarray) -> list[int]:
+    """Columns where a cut is plausible: local minima of the ink profile and even divisions."""
+    height, width = ink.shape
+    profile = (ink > INK).sum(axis=0).astype(np.float32)
+    smooth = np.convolve(profile, np.ones(3, np.float32) / 3, mode="same")
+    margin = max(1, int(MIN_PIECE * height))
+    minima = [
+        x for x in range(margin, width - margin)
+        if smooth[x] <= smooth[x - 1] and smooth[x] <= smooth[x + 1]
+    ]  # fmt: skip
+    minima.sort(key=lambda x: smooth[x])
+    cuts: list[int] = []
+    digits = max(2, min(MAX_DIGITS, round(width / (0.6 * height))))
+    even = [round(width * j / k) for k in range(2, digits + 1) for j in range(1, k)]
+    for x in minima[: MAX_CUTS // 2] + even + minima[MAX_CUTS // 2 :]:
+        if all(abs(x - other) > margin // 2 for other in cuts):
+            cuts.append(x)
+        if len(cuts) == MAX_CUTS:
+            break
+    return sorted(cuts)
+
+
+def segmentations(ink: np.ndarray) -> list[list[Span]]:
+    """Every way to cut the blob into 1..MAX_DIGITS pieces at the candidate cuts; first: whole."""
+    height, width = ink.shape
+    cuts = candidate_cuts(ink)
+    narrowest = MIN_PIECE * height
+    paths: list[list[Span]] = [[(0, width)]]
+    for count in range(1, MAX_DIGITS):
+        for chosen in itertools.combinations(cuts, count):
+            edges = (0, *chosen, width)
+            spans = list(itertools.pairwise(edges))
+            if all(right - left >= narrowest for left, right in spans):
+                paths.append(spans)
+    return paths
+
+
+def piece(digit: Digit, span: Span) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """The 28x28 model input and the original-pixel box of columns ``span`` of a blob."""
+    ink = digit.ink
+    left, right = span
+    rows = np.flatnonzero((ink[:, left:right] > INK).any(axis=1))
+    top, bottom = (int(rows[0]), int(rows[-1]) + 1) if rows.size else (0, ink.shape[0])
+    crop_box = (left, top, right - left, bottom - top)
+    x, y, _, _ = digit.box
+    scale = digit.scale
+    box = (
+        x + int(round(left / scale)),
+        y + int(round(top / scale)),
+        max(1, int(round((right - left) / scale))),
+        max(1, int(round((bottom - top) / scale))),
+    )
+    return to_mnist(ink, crop_box), box
+
+
+def best_path(
+    paths: Sequence[list[Span]], confidence: dict[Span, float], height: int
+) -> list[Span]:
+    """The path whose pieces are read most surely: the sum of log confidences, less a cost per
+    piece and a penalty for each piece too wide to be one digit."""
+
+    def score(spans: list[Span]) -> float:
+        total = -PIECE_COST * (len(spans) - 1)
+        for left, right in spans:
+            total += float(np.log(max(confidence[(left, right)], 1e-12)))
+            total -= PENALTY_PER_ASPECT * max(0.0, (right - left) / height - PIECE_ASPECT)
+        return total
+
+    return max(paths, key=score)

@@ -1,0 +1,392 @@
+"""Tests for digitrec.layout: paper structure out, text lines, separators, on drawn pages.
+
+Every page is drawn here: digits from ``synth.draw_digit`` and lines, boxes, circles and marks
+from OpenCV strokes, so the expected boxes, lines and characters come from the drawing.
+"""
+
+from __future__ import annotations
+
+import io
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from digitrec import layout, preprocess
+from digitrec.preprocess import Page, Separator
+from digitrec.synth import draw_digit
+
+Box = tuple[int, int, int, int]
+
+HEIGHT = 48  # digit height in pixels
+PEN = (25, 25, 70)  # dark blue ink, RGB
+RULE = (110, 160, 235)  # light blue printed rules
+MARGIN = (220, 80, 80)  # red margin line
+PRINT = (60, 60, 60)  # dark grey printed form
+
+
+class Sheet:
+    """A white page with handwriting (``pen``) and printed structure (``paper``) drawn apart,
+    as coverage maps in [0, 1], then coloured and saved as a PNG."""
+
+    def __init__(self, height: int, width: int) -> None:
+        self.pen = np.zeros((height, width), np.float32)
+        self.paper = np.zeros((height, width, 3), np.float32)
+        self.paper_alpha = np.zeros((height, width), np.float32)
+
+    def write(self, digit: int, left: int, bottom: int, seed: int = 0, height: int = HEIGHT) -> Box:
+        """Write ``digit`` with its ink's bottom on row ``bottom``; return the ink's box."""
+        image = draw_digit(digit, np.random.default_rng(seed), size=64)
+        rows = np.flatnonzero(image.max(axis=1) > 0.1)
+        columns = np.flatnonzero(image.max(axis=0) > 0.1)
+        image = image[rows[0] : rows[-1] + 1, columns[0] : columns[-1] + 1]
+        width = max(1, round(image.shape[1] * height / image.shape[0]))
+        ink = cv2.resize(image, (width, height), interpolation=cv2.INTER_CUBIC).clip(0, 1)
+        top = bottom - height
+        region = self.pen[top:bottom, left : left + width]
+        np.maximum(region, ink, out=region)
+        return (left, top, width, height)
+
+    def stroke(self, points: list[tuple[float, float]], width: int) -> None:
+        """A pen stroke through ``points`` (x, y)."""
+        canvas = np.zeros(self.pen.shape, np.uint8)
+        polyline = np.round(np.asarray(points) * 16).astype(np.int32).reshape(-1, 1, 2)
+        cv2.polylines(canvas, [polyline], False, 255, width, cv2.LINE_AA, shift=4)
+        np.maximum(self.pen, canvas / 255.0, out=self.pen)
+
+    def dot(self, centre: tuple[float, float], radius: float) -> None:
+        canvas = np.zeros(self.pen.shape, np.uint8)
+        fixed = (round(centre[0] * 16), round(centre[1] * 16))
+        cv2.circle(canvas, fixed, round(radius * 16), 255, -1, cv2.LINE_AA, shift=4)
+        np.maximum(self.pen, canvas / 255.0, out=self.pen)
+
+    def print(self, draw, colour: tuple[int, int, int]) -> None:
+        """Print structure in ``colour``: ``draw(canvas)`` draws it in 255 on a uint8 canvas."""
+        canvas = np.zeros(self.pen.shape, np.uint8)
+        draw(canvas)
+        alpha = canvas / 255.0
+        self.paper = self.paper * (1 - alpha[..., None]) + np.float32(colour) * alpha[..., None]
+        self.paper_alpha = np.maximum(self.paper_alpha, alpha)
+
+    def png(self) -> bytes:
+        white = np.full((*self.pen.shape, 3), 250.0, np.float32)
+        alpha = self.paper_alpha[..., None]
+        page = white * (1 - alpha) + self.paper
+        page = page * (1 - self.pen[..., None]) + np.float32(PEN) * self.pen[..., None]
+        buffer = io.BytesIO()
+        Image.fromarray(np.clip(page + 0.5, 0, 255).astype(np.uint8)).save(buffer, "PNG")
+        return buffer.getvalue()
+
+
+def _row(sheet: Sheet, digits: list[int], left: int, bottom: int, gap: int = 16) -> list[Box]:
+    boxes = []
+    for index, digit in enumerate(digits):
+        boxes.append(sheet.write(digit, left, bottom, seed=index))
+        left += boxes[-1][2] + gap
+    return boxes
+
+
+def _assert_boxes(found: list[Box], drawn: list[Box], slack: int = 4) -> None:
+    """Each found box is its drawn digit's box, give or take ``slack`` pixels a side (the
+    anti-aliased edge, and a stub of a line kept where a stroke touches it)."""
+    assert len(found) == len(drawn), (found, drawn)
+    for box, expected in zip(found, drawn, strict=True):
+        x, y, width, height = box
+        ex, ey, ewidth, eheight = expected
+        assert abs(x - ex) <= slack and abs(y - ey) <= slack, (box, expected)
+        assert abs(x + width - ex - ewidth) <= slack, (box, expected)
+        assert abs(y + height - ey - eheight) <= slack, (box, expected)
+
+
+def _digit_boxes(page: Page) -> list[Box]:
+    return [digit.box for digit in page.digits]
+
+
+# --- paper structure -----------------------------------------------------------------------------
+
+
+def test_ruled_page_with_a_margin_line_loses_its_rules() -> None:
+    sheet = Sheet(360, 520)
+    rules = list(range(50, 360, 40))
+
+    def draw(canvas: np.ndarray) -> None:
+        for y in rules:
+            cv2.line(canvas, (0, y), (519, y), 255, 2, cv2.LINE_AA)
+        cv2.line(canvas, (70, 0), (70, 359), 255, 2, cv2.LINE_AA)
+
+    sheet.print(draw, RULE)
+    # Taller than the rules' spacing: the rule above runs through every digit.
+    drawn = _row(sheet, [2, 5, 7, 1], left=110, bottom=172)
+    stages: dict[str, np.ndarray] = {}
+    page = preprocess.extract_page(sheet.png(), stages)
+    _assert_boxes(_digit_boxes(page), drawn)
+    assert page.separators == []
+    assert list(stages)[:4] == ["1-decoded", "2-ink", "2b-structure", "2c-ink"]
+    # Away from the writing, rules and margin are gone from the ink and found in the structure.
+    clean, structure = stages["2c-ink"], stages["2b-structure"]
+    for y in rules:
+        assert clean[y - 3 : y + 4, 400:500].max() < 0.1
+        assert structure[y - 3 : y + 4, 400:500].max(axis=0).min() > 0.3
+    assert clean[250:350, 66:76].max() < 0.1
+
+
+def test_ruled_page_photographed_askew_loses_its_rules() -> None:
+    sheet = Sheet(400, 600)
+
+    def draw(canvas: np.ndarray) -> None:
+        for y in range(40, 400, 45):
+            cv2.line(canvas, (0, y), (599, y), 255, 2, cv2.LINE_AA)
+
+    sheet.print(draw, RULE)
+    drawn = _row(sheet, [3, 9, 4, 6], left=180, bottom=222)
+    # Turned by 3 degrees about the page's centre, as a phone held a little askew.
+    turn = cv2.getRotationMatrix2D((300, 200), 3, 1.0)
+    picture = np.asarray(Image.open(io.BytesIO(sheet.png())))
+    picture = cv2.warpAffine(picture, turn, (600, 400), borderValue=(250, 250, 250))
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, "PNG")
+    page = preprocess.extract_page(buffer.getvalue())
+    assert len(page.digits) == len(drawn)
+    for digit, (x, y, width, height) in zip(page.digits, drawn, strict=True):
+        centre_x, centre_y = turn @ np.array([x + width / 2, y + height / 2, 1.0])
+        left, top, found_width, found_height = digit.box
+        assert left <= centre_x <= left + found_width and top <= centre_y <= top + found_height
+        assert abs(found_height - height) <= 8
+
+
+def test_squared_grid_is_removed_around_digits() -> None:
+    sheet = Sheet(300, 400)
+
+    def draw(canvas: np.ndarray) -> None:
+        for position in range(12, 400, 24):
+            cv2.line(canvas, (position, 0), (position, 299), 255, 1, cv2.LINE_AA)
+            cv2.line(canvas, (0, position), (399, position), 255, 1, cv2.LINE_AA)
+
+    sheet.print(draw, (150, 150, 150))
+    drawn = _row(sheet, [3, 8, 6], left=100, bottom=190, gap=20)
+    page = preprocess.extract_page(sheet.png())
+    _assert_boxes(_digit_boxes(page), drawn)
+
+
+@pytest.mark.parametrize("gap", [6, 0], ids=["apart", "touching"])
+def test_underline_is_removed(gap: int) -> None:
+    sheet = Sheet(240, 400)
+    drawn = _row(sheet, [4, 9, 2], left=100, bottom=140)
+    pen = 5
+    level = 140 + gap + pen // 2
+    sheet.stroke([(85, level), (300, level)], pen)
+    stages: dict[str, np.ndarray] = {}
+    page = preprocess.extract_page(sheet.png(), stages)
+    # Where a stroke touches the line the line is kept under it (a stroke is never cut), so a
+    # digit standing on its underline keeps a foot as thick as the line.
+    foot = pen + 2 if gap == 0 else 0
+    found = [(x, y, width, height - foot) for x, y, width, height in _digit_boxes(page)]
+    _assert_boxes(found, drawn)
+    # Between the digits and past them the underline is gone.
+    clean = stages["2c-ink"]
+    for start, end in [(85, 98), (drawn[0][0] + drawn[0][2] + 3, drawn[1][0] - 3), (240, 300)]:
+        assert clean[level - 4 : level + 5, start:end].max() < 0.1
+
+
+def test_box_around_one_digit_is_removed() -> None:
+    sheet = Sheet(240, 240)
+    drawn = [sheet.write(6, 100, 150)]
+    sheet.print(lambda canvas: cv2.rectangle(canvas, (80, 82), (160, 166), 255, 2), PRINT)
+    page = preprocess.extract_page(sheet.png())
+    _assert_boxes(_digit_boxes(page), drawn)
+
+
+def test_comb_field_of_four_boxes_gives_four_digits() -> None:
+    sheet = Sheet(220, 420)
+    cell, top, left = 66, 60, 70
+
+    def draw(canvas: np.ndarray) -> None:
+        cv2.rectangle(canvas, (left, top), (left + 4 * cell, top + cell), 255, 2)
+        for index in range(1, 4):
+            x = left + index * cell
+            cv2.line(canvas, (x, top), (x, top + cell), 255, 2)
+
+    sheet.print(draw, PRINT)
+    drawn = [
+        sheet.write(digit, left + index * cell + 18, top + cell - 9, seed=index)
+        for index, digit in enumerate([3, 0, 7, 9])
+    ]
+    page = preprocess.extract_page(sheet.png())
+    _assert_boxes(_digit_boxes(page), drawn)
+
+
+def test_circle_around_a_digit_is_removed() -> None:
+    sheet = Sheet(260, 260)
+    drawn = [sheet.write(5, 112, 154)]
+    sheet.stroke(
+        [
+            (130 + 62 * np.cos(angle), 130 + 50 * np.sin(angle))
+            for angle in np.linspace(0, 2 * np.pi * 0.97, 60)
+        ],
+        4,
+    )
+    page = preprocess.extract_page(sheet.png())
+    _assert_boxes(_digit_boxes(page), drawn)
+
+
+@pytest.mark.parametrize(
+    "colour, offset", [(RULE, 0), (PEN, -3)], ids=["on-a-blue-rule", "on-a-dark-rule"]
+)
+def test_sevens_bar_lying_on_a_ruling_survives(colour: tuple[int, int, int], offset: int) -> None:
+    # A 7 drawn by hand with its bar along a ruling: on a light rule the bar is darker than it,
+    # on a rule as dark as the pen the bar rests on it and stands out above it.
+    sheet = Sheet(200, 400)
+    rule, pen = 80, 6
+    sheet.print(lambda canvas: cv2.line(canvas, (0, rule), (399, rule), 255, 2), colour)
+    bar = rule + offset
+    sheet.stroke([(150, bar), (196, bar), (166, bar + 56)], pen)
+    page = preprocess.extract_page(sheet.png())
+    (digit,) = page.digits
+    x, y, width, _ = digit.box
+    assert digit.ink is not None and digit.scale == 1.0
+    # Every column of the bar, away from its ends, keeps the bar's whole thickness.
+    bar_rows = digit.ink[max(0, bar - pen - y) : bar + pen + 1 - y, 155 - x : 192 - x]
+    assert (bar_rows > 0.5).sum(axis=0).min() >= pen - 1
+    # And the ruling is gone away from the digit: the box is the 7's.
+    assert 140 <= x and x + width <= 205
+
+
+# --- text lines ----------------------------------------------------------------------------------
+
+
+def test_two_lines_are_read_top_to_bottom_each_left_to_right() -> None:
+    sheet = Sheet(260, 260)
+    # "12" above "34", the 1 right above the 3 and the 2 above the 4.
+    top_row = [sheet.write(1, 80, 100, seed=1), sheet.write(2, 130, 102, seed=2)]
+    bottom_row = [sheet.write(3, 80, 180, seed=3), sheet.write(4, 130, 178, seed=4)]
+    page = preprocess.extract_page(sheet.png())
+    _assert_boxes(_digit_boxes(page), top_row + bottom_row)
+    assert [digit.line for digit in page.digits] == [0, 0, 1, 1]
+    assert preprocess.find_digit_boxes(preprocess.to_ink(preprocess.decode(sheet.png()))) == [
+        digit.box for digit in page.digits
+    ]
+
+
+def test_group_lines_from_boxes() -> None:
+    boxes = [(10, 10, 20, 40), (40, 12, 20, 40), (10, 80, 20, 40), (40, 82, 20, 38)]
+    # A decimal point joins the line whose band holds it, a hat floating above its 5 too.
+    boxes += [(64, 45, 5, 5), (12, 2, 16, 5)]
+    assert layout.group_lines(boxes, 0.3) == [0, 0, 1, 1, 0, 0]
+    # The halves of a broken 8 stacked right above each other stay one line.
+    assert layout.group_lines([(10, 10, 20, 20), (11, 32, 20, 20)], 0.3) == [0, 0]
+
+
+# --- separators ----------------------------------------------------------------------------------
+
+
+def _number_with(mark: str) -> tuple[bytes, list[Box], Box]:
+    """Digits 3 and 5 on one baseline, ``mark`` drawn between them (a minus before them); the
+    digit boxes and the mark's box as drawn."""
+    sheet = Sheet(200, 320)
+    base, top = 130, 130 - HEIGHT
+    middle = base - HEIGHT / 2
+    first = 140 if mark == "-" else 80
+    boxes = [sheet.write(3, first, base, seed=3)]
+    gap_left = boxes[0][0] + boxes[0][2]
+    centre = gap_left + 16
+    if mark == ".":
+        sheet.dot((centre, base - 4), 4)
+        mark_box = (centre - 4, base - 8, 9, 9)
+    elif mark == ",":
+        sheet.dot((centre, base - 4), 4)
+        sheet.stroke([(centre + 2, base - 4), (centre - 4, base + 9)], 3)
+        mark_box = (centre - 6, base - 8, 11, 19)
+    elif mark == "/":
+        sheet.stroke([(centre - 14, base), (centre + 14, top)], 3)
+        mark_box = (centre - 16, top - 2, 33, HEIGHT + 4)
+    elif mark == ":":
+        sheet.dot((centre, base - 12), 4)
+        sheet.dot((centre, base - 32), 4)
+        mark_box = (centre - 4, base - 36, 9, 29)
+    else:
+        sheet.stroke([(first - 40, middle), (first - 14, middle)], 4)
+        mark_box = (first - 42, round(middle) - 2, 31, 5)
+        gap_left, centre = boxes[0][0] + boxes[0][2], 0
+    left = gap_left + 16 if mark == "-" else centre + 20 + (10 if mark == "/" else 0)
+    boxes.append(sheet.write(5, left, base, seed=5))
+    return sheet.png(), boxes, mark_box
+
+
+@pytest.mark.parametrize("mark", [".", ",", "-", "/", ":"])
+def test_separator_is_read_in_its_place(mark: str) -> None:
+    data, drawn, mark_box = _number_with(mark)
+    page = preprocess.extract_page(data)
+    _assert_boxes(_digit_boxes(page), drawn)
+    (separator,) = page.separators
+    assert separator.char == mark and separator.line == 0
+    _assert_boxes([separator.box], [mark_box], slack=3)
+    # extract_digits reads the same digits, without the mark.
+    assert [digit.box for digit in preprocess.extract_digits(data)] == _digit_boxes(page)
+
+
+def test_specks_of_dirt_are_no_separators() -> None:
+    sheet = Sheet(260, 360)
+    drawn = _row(sheet, [2, 7, 4], left=80, bottom=150, gap=26)
+    gap = drawn[0][0] + drawn[0][2] + 13
+    sheet.dot((gap, 60), 4)  # a dot's size, far above the line
+    sheet.dot((330, 146), 4)  # on the baseline, but far past the last digit
+    sheet.dot((gap + drawn[1][2] + 26, 100), 4)  # in a gap, but at mid-height
+    page = preprocess.extract_page(sheet.png())
+    _assert_boxes(_digit_boxes(page), drawn)
+    assert page.separators == []
+
+
+def test_slanted_one_is_a_digit_not_a_slash() -> None:
+    sheet = Sheet(200, 320)
+    drawn = [sheet.write(4, 80, 130, seed=4)]
+    # A plain stroke leaning right by 15 degrees, as tall as the digits: a 1 in italic hand.
+    lean = HEIGHT * np.tan(np.radians(15))
+    left = drawn[0][0] + drawn[0][2] + 16
+    sheet.stroke([(left + 2, 128), (left + 2 + lean, 84)], 4)
+    drawn.append((left, 82, round(lean) + 5, 49))
+    drawn.append(sheet.write(7, left + round(lean) + 22, 130, seed=7))
+    page = preprocess.extract_page(sheet.png())
+    assert len(page.digits) == 3 and page.separators == []
+
+
+# --- results -------------------------------------------------------------------------------------
+
+
+def test_plain_row_passes_through_unchanged() -> None:
+    sheet = Sheet(160, 400)
+    _row(sheet, [7, 1, 4, 5], left=60, bottom=110)
+    ink = preprocess.to_ink(preprocess.decode(sheet.png()))
+    clean, removed = layout.remove_structure(ink)
+    assert np.array_equal(clean, ink) and not removed.any()
+
+
+def test_digits_carry_their_ink_crop_and_scale() -> None:
+    # Twice the working size: boxes are in original pixels, crops in working pixels.
+    sheet = Sheet(1200, 2400)
+    drawn = _row(sheet, [8, 3], left=900, bottom=700)
+    page = preprocess.extract_page(sheet.png())
+    assert len(page.digits) == 2
+    for digit, (x, y, _, _) in zip(page.digits, drawn, strict=True):
+        assert digit.scale == pytest.approx(preprocess.WORKING_SIZE / 2400)
+        crop_height, crop_width = digit.ink.shape
+        assert abs(crop_height / digit.scale - digit.box[3]) <= 2 / digit.scale
+        assert abs(crop_width / digit.scale - digit.box[2]) <= 2 / digit.scale
+        assert abs(digit.box[0] - x) <= 6 and abs(digit.box[1] - y) <= 6
+
+
+def test_extract_many_and_extract_or_error_give_pages() -> None:
+    data, _, _ = _number_with(".")
+    (page,) = preprocess.extract_many([data], page=True)
+    assert isinstance(page, Page) and [s.char for s in page.separators] == ["."]
+    assert isinstance(preprocess.extract_or_error(data, page=True), Page)
+    assert isinstance(preprocess.extract_or_error(data), list)
+    error = preprocess.extract_or_error(b"not an image", page=True)
+    assert isinstance(error, preprocess.ImageError)
+
+
+def test_separator_is_frozen() -> None:
+    separator = Separator(char=".", box=(0, 0, 1, 1))
+    assert separator.line == 0
+    with pytest.raises(AttributeError):
+        separator.char = ","  # type: ignore[misc]
