@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from digitrec import checkpoint, realworld, recognize
+from digitrec import checkpoint, realworld, recognize, synth
 from digitrec.checkpoint import ModelError
 from digitrec.cli import main
 from digitrec.recognize import Recognizer
@@ -81,8 +81,10 @@ def test_the_bundled_model_reads_the_examples_through_both_backends():
     answers = default.recognize_many(EXAMPLES)
     _same_answers(answers, Recognizer.load(backend="torch").recognize_many(EXAMPLES))
     for path, answer in zip(EXAMPLES, answers, strict=True):
-        expected = path.stem.split("-")[-1]  # examples are named after their answer
-        assert answer.number == ("" if expected == "none" else expected), answer.text()
+        # Examples are named after their answer: NN-KIND-LABEL, the label spelled for a file name.
+        expected = synth.label_from_file_name(path.stem.split("-", 2)[2])
+        assert answer.full_text == expected, answer.text()
+        assert answer.number == expected.split("\n")[0]
 
 
 def test_the_bundled_model_is_package_data():
@@ -134,7 +136,7 @@ def test_recognize_json_is_the_same_through_onnx(onnx_run, capsys):
     assert main(["recognize", image, "--model", str(onnx_run), "--backend", "onnx", "--json"]) == 0
     through_onnx = json.loads(capsys.readouterr().out)
     assert through_onnx["number"] == through_torch["number"]
-    assert set(through_onnx) == {"path", "number", "digits"}
+    assert set(through_onnx) == {"path", "number", "text", "lines", "digits"}
 
 
 # Safe loading: safetensors and JSON only, every check refusing with a one-line reason.
@@ -219,7 +221,6 @@ def _tampered_onnx(source: Path, target: Path, change) -> Path:
 
 
 def test_an_onnx_file_altered_after_export_is_refused(onnx_run, tmp_path):
-    import onnx
     from onnx import numpy_helper
 
     def edit_card(model):
@@ -250,7 +251,6 @@ def test_an_onnx_file_altered_after_export_is_refused(onnx_run, tmp_path):
     (tmp_path / "junk.onnx").write_bytes(b"not an onnx file")
     with pytest.raises(ModelError, match="not a usable ONNX model"):
         Recognizer.load(tmp_path / "junk.onnx")
-    assert onnx  # imported for the edits above
 
 
 def test_a_batch_read_on_threads_matches_one_file_at_a_time(mnist, tmp_path):

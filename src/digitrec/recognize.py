@@ -10,18 +10,21 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from digitrec import preprocess
+from digitrec import preprocess, segment
 from digitrec.config import available_cores
 
 # A calibrated confidence below this marks a digit as uncertain: on the validation split, digits
 # read with less confidence are wrong far more often than the model's 99%+ accuracy suggests.
 UNCERTAIN_BELOW = 0.7
+# Below this calibrated confidence a mark is reported as not a digit: the model was trained to
+# spread its probability over every class for letters, symbols and scribbles.
+NOT_DIGIT_BELOW = 0.5
 
 IMAGE_SUFFIXES = frozenset(
     ".png .jpg .jpeg .gif .bmp .tif .tiff .webp .pgm .ppm .pbm .jfif".split()
@@ -36,14 +39,39 @@ class DigitResult:
     probabilities: list[float]
     box: list[int]
     uncertain: bool = False
+    not_digit: bool = False  # a mark the model does not take for any digit
+    line: int = field(default=0, repr=False)
+    image: np.ndarray | None = field(default=None, repr=False, compare=False)  # model input
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "digit": self.digit,
+            "confidence": self.confidence,
+            "probabilities": self.probabilities,
+            "box": self.box,
+            "uncertain": self.uncertain,
+            "not_digit": self.not_digit,
+        }
+
+
+@dataclass
+class LineResult:
+    text: str  # digits and separators left to right; marks that are not digits left out
+    box: list[int]
+    digits: list[DigitResult]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"text": self.text, "box": self.box, "digits": [d.to_dict() for d in self.digits]}
 
 
 @dataclass
 class ImageResult:
     path: str
-    number: str | None = None
+    number: str | None = None  # the first line's text: what single-line clients read
     digits: list[DigitResult] = field(default_factory=list)
     error: str | None = None
+    lines: list[LineResult] = field(default_factory=list)
+    full_text: str | None = None  # every line's text, joined by newlines
 
     def to_dict(self) -> dict[str, Any]:
         if self.error is not None:
@@ -51,26 +79,36 @@ class ImageResult:
         return {
             "path": self.path,
             "number": self.number,
-            "digits": [asdict(d) for d in self.digits],
+            "text": self.full_text,
+            "lines": [line.to_dict() for line in self.lines],
+            "digits": [d.to_dict() for d in self.digits],
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict())
+        return json.dumps(self.to_dict(), allow_nan=False)
 
     def text(self) -> str:
         """The article's sentence, or why there is no answer."""
-        name = os.path.basename(self.path) or self.path
         if self.error is not None:
-            return f"{name}: error: {self.error}"
-        if not self.digits:
-            return f"{name}: no digit found"
-        if len(self.digits) == 1:
-            d = self.digits[0]
-            flag = ", uncertain" if d.uncertain else ""
-            return f"{name}: The number is probably a {d.digit} ({d.confidence:.1%}{flag})"
-        least = min(d.confidence for d in self.digits)
-        flag = ", uncertain" if any(d.uncertain for d in self.digits) else ""
-        return f"{name}: The number is probably {self.number} (lowest digit {least:.1%}{flag})"
+            # The path as given: a cut path would not say which of two x.png files failed.
+            return f"{self.path}: error: {self.error}"
+        name = os.path.basename(self.path) or self.path
+        digits = [d for d in self.digits if not d.not_digit]
+        marks = len(self.digits) - len(digits)
+        if not digits:
+            found = f" ({marks} mark{'s' * (marks != 1)} that {'is' if marks == 1 else 'are'} " \
+                    "not a digit)" if marks else ""  # fmt: skip
+            return f"{name}: no digit found{found}"
+        least = min(d.confidence for d in digits)
+        flag = ", uncertain" if any(d.uncertain for d in digits) else ""
+        if len(digits) == 1 and self.number == str(digits[0].digit):
+            article = "an" if digits[0].digit == 8 else "a"
+            sentence = f"{name}: The number is probably {article} {self.number} ({least:.1%}{flag})"
+        else:
+            sentence = (f"{name}: The number is probably {self.number} "
+                        f"(every digit at least {least:.1%} sure{flag})")  # fmt: skip
+        rest = [line.text for line in self.lines if line.text][1:]
+        return "\n".join([sentence, *(f"    next line: {text}" for text in rest)])
 
 
 class TorchBackend:
@@ -171,13 +209,14 @@ class OnnxBackend:
 def load_model(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
     """Rebuild a model from a run directory or .safetensors file alone: (module, card).
 
-    Only safetensors and JSON are read (never a pickle); the weights must match the digest in
-    their card and the shapes of the architecture the card names. The module includes the
-    card's softmax temperature, so its softmax is calibrated.
+    Only safetensors and JSON are read (never a pickle); the weights and the card must match
+    the digests in the card, the weights the shapes of the architecture the card names, and the
+    card's classes the model's outputs. The module includes the card's softmax temperature, so
+    its softmax is calibrated.
     """
     import torch
 
-    from digitrec.checkpoint import ModelError, read_weights
+    from digitrec.checkpoint import ModelError, check_card, check_finite, read_weights
     from digitrec.models import Calibrated, build_from_card
 
     arrays, card = read_weights(path)
@@ -193,8 +232,12 @@ def load_model(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
         raise ModelError(
             f"{path}: weights do not fit the model ({first[1 if len(first) > 1 else 0].strip()})"
         ) from None
-    model.eval()
-    return Calibrated(model, card.get("temperature", 1.0)).eval(), card
+    model = Calibrated(model.eval(), card.get("temperature", 1.0)).eval()
+    with torch.inference_mode():  # a blank digit: (1, 1, 28, 28) in, (1, outputs) out
+        logits = model(torch.zeros(1, 1, 28, 28))
+    check_card(card, path, outputs=logits.shape[-1])
+    check_finite(torch.softmax(logits, dim=-1).numpy(), path)
+    return model, card
 
 
 def bundled_model() -> Path:
@@ -328,11 +371,14 @@ class Recognizer:
         """Model probabilities (N, 10) for MNIST-like digits (N, 28, 28) float32 0..1."""
         if len(images) == 0:
             return np.zeros((0, 10), dtype=np.float32)
+        from digitrec.checkpoint import check_finite
+
         parts = [
             self.backend.probabilities(images[i : i + batch_size])
             for i in range(0, len(images), batch_size)
         ]
-        return np.concatenate(parts)
+        # A NaN must never reach an answer: JSON cannot carry it and "0 at NaN" reads as sure.
+        return check_finite(np.concatenate(parts), self.card.get("model", "model"))
 
     def recognize(
         self, image: str | os.PathLike | bytes, stages: dict | None = None
@@ -345,57 +391,153 @@ class Recognizer:
         images: Sequence[str | os.PathLike | bytes],
         stages: Sequence[dict | None] | None = None,
     ) -> list[ImageResult]:
-        """Many images; one model call for all their digits. Bad files get an error result."""
+        """Many images; one model call for all their digits (and one more for the pieces of
+        blobs that may be touching digits). Bad files get an error result."""
         # Decoding and cutting out digits dominate; the files run on every core.
-        found_all = preprocess.extract_many(images, stages)
-        results: list[ImageResult] = []
-        crops: list[np.ndarray] = []
-        owners: list[tuple[int, tuple[int, int, int, int]]] = []
-        for index, (image, found) in enumerate(zip(images, found_all, strict=True)):
+        pages = preprocess.extract_many(images, stages, page=True)
+        found = [page.digits for page in pages if not isinstance(page, preprocess.ImageError)]
+        digits = [digit for page_digits in found for digit in page_digits]
+        whole = self._read([digit.image for digit in digits])
+        cuts = [_cuts(digit, probs) for digit, probs in zip(digits, whole, strict=True)]
+        pieces = self._read([crop for cut in cuts if cut for crop in cut.crops])
+        readings = iter(_resolve(digits, whole, cuts, pieces))
+        results = []
+        for image, page in zip(images, pages, strict=True):
             name = "<bytes>" if isinstance(image, bytes | bytearray) else str(image)
-            result = ImageResult(path=name)
-            if isinstance(found, preprocess.ImageError):
-                result.error = str(found)
-                found = []
-            for digit in found:
-                crops.append(digit.image)
-                owners.append((index, digit.box))
-            results.append(result)
-        probabilities = self.probabilities(np.stack(crops) if crops else np.zeros((0, 28, 28)))
-        for (index, box), probs in zip(owners, probabilities, strict=True):
-            label = int(np.argmax(probs))
-            confidence = float(probs[label])
-            results[index].digits.append(
-                DigitResult(
-                    digit=label,
-                    confidence=round(confidence, 6),
-                    probabilities=[round(float(p), 6) for p in probs],
-                    box=[int(v) for v in box],
-                    uncertain=confidence < UNCERTAIN_BELOW,
-                )
-            )
-        for result in results:
-            if result.error is None:
-                result.number = "".join(str(d.digit) for d in result.digits)
+            if isinstance(page, preprocess.ImageError):
+                results.append(ImageResult(path=name, error=str(page)))
+                continue
+            read = [reading for _ in page.digits for reading in next(readings)]
+            lines = _read_lines(read, page.separators)
+            number = next((line.text for line in lines if line.text), "")
+            full_text = "\n".join(line.text for line in lines if line.text)
+            results.append(ImageResult(name, number, read, None, lines, full_text))
         return results
+
+    def _read(self, crops: list[np.ndarray]) -> np.ndarray:
+        return self.probabilities(np.stack(crops) if crops else np.zeros((0, 28, 28), np.float32))
+
+
+@dataclass
+class _Cut:
+    """The ways to cut one blob into touching digits, and every piece they use."""
+
+    paths: list[list[segment.Span]]
+    spans: list[segment.Span]
+    crops: list[np.ndarray]
+    boxes: list[tuple[int, int, int, int]]
+
+
+def _cuts(digit: preprocess.Digit, probabilities: np.ndarray) -> _Cut | None:
+    """The cuts to try for a blob the model did not read as one sure digit of plain width."""
+    if not segment.should_split(digit, float(probabilities.max())):
+        return None
+    paths = segment.segmentations(digit.ink)
+    spans = sorted({span for path in paths for span in path})
+    crops, boxes = zip(*(segment.piece(digit, span) for span in spans), strict=True)
+    return _Cut(paths, spans, list(crops), list(boxes))
+
+
+def _resolve(
+    digits: list[preprocess.Digit],
+    whole: np.ndarray,
+    cuts: list[_Cut | None],
+    pieces: np.ndarray,
+) -> list[list[DigitResult]]:
+    """For each blob, its reading: itself, or the pieces of its best cut."""
+    readings, offset = [], 0
+    for digit, probs, cut in zip(digits, whole, cuts, strict=True):
+        if cut is None:
+            readings.append([_digit_result(digit.image, digit.box, probs, digit.line)])
+            continue
+        own = pieces[offset : offset + len(cut.spans)]
+        offset += len(cut.spans)
+        confidence = {span: float(p.max()) for span, p in zip(cut.spans, own, strict=True)}
+        confidence[cut.paths[0][0]] = float(probs.max())  # the whole blob, as first read
+        best = segment.best_path(cut.paths, confidence, digit.ink.shape[0])
+        if len(best) == 1:
+            readings.append([_digit_result(digit.image, digit.box, probs, digit.line)])
+            continue
+        index = {span: i for i, span in enumerate(cut.spans)}
+        readings.append([
+            _digit_result(cut.crops[index[s]], cut.boxes[index[s]], own[index[s]], digit.line)
+            for s in best
+        ])  # fmt: skip
+    return readings
+
+
+def _digit_result(crop: np.ndarray, box: Any, probs: np.ndarray, line: int) -> DigitResult:
+    label = int(np.argmax(probs))
+    confidence = float(probs[label])
+    return DigitResult(
+        digit=label,
+        confidence=round(confidence, 6),
+        probabilities=[round(float(p), 6) for p in probs],
+        box=[int(v) for v in box],
+        uncertain=confidence < UNCERTAIN_BELOW,
+        not_digit=confidence < NOT_DIGIT_BELOW,
+        line=line,
+        image=crop,
+    )
+
+
+def _read_lines(
+    digits: list[DigitResult], separators: Sequence[preprocess.Separator]
+) -> list[LineResult]:
+    """Group digits and separators by text line; each line's text reads left to right."""
+    numbers = sorted({d.line for d in digits} | {s.line for s in separators})
+    lines = []
+    for number in numbers:
+        members = [d for d in digits if d.line == number]
+        marks = [s for s in separators if s.line == number]
+        items = [(d.box[0], str(d.digit)) for d in members if not d.not_digit]
+        items += [(s.box[0], s.char) for s in marks]
+        boxes = [d.box for d in members] + [list(s.box) for s in marks]
+        left = min(b[0] for b in boxes)
+        top = min(b[1] for b in boxes)
+        right = max(b[0] + b[2] for b in boxes)
+        bottom = max(b[1] + b[3] for b in boxes)
+        text = "".join(char for _, char in sorted(items, key=lambda item: item[0]))
+        lines.append(LineResult(text, [left, top, right - left, bottom - top], members))
+    return lines
+
+
+# Files people keep beside their images, and what to do with them instead.
+NOT_IMAGES = {
+    ".pdf": "a PDF document; convert its pages to PNG first (e.g. pdftoppm -png FILE page)",
+    ".svg": "an SVG drawing; export it to PNG first",
+    ".heic": "a HEIC photo, which is not supported; save it as JPEG first",
+    ".heif": "a HEIF photo, which is not supported; save it as JPEG first",
+}
+
+
+def scan_paths(paths: Iterable[str | os.PathLike]) -> tuple[list[str], list[tuple[str, str]]]:
+    """(files to read, [(skipped file, why)]): files as given; folders replaced by the image
+    files in them, sorted by name, with every other entry of the folder skipped and why."""
+    found: list[str] = []
+    skipped: list[tuple[str, str]] = []
+    for path in map(str, paths):
+        if not os.path.isdir(path):
+            found.append(path)
+            continue
+        try:
+            entries = sorted(os.listdir(path))
+        except OSError:
+            found.append(path)  # read_bytes will explain
+            continue
+        for entry in entries:
+            full = os.path.join(path, entry)
+            suffix = Path(entry).suffix.lower()
+            if suffix in IMAGE_SUFFIXES and not os.path.isdir(full):
+                found.append(full)
+            elif os.path.isdir(full):
+                skipped.append((full, "a folder inside a folder (not searched)"))
+            else:
+                why = NOT_IMAGES.get(suffix, f"not an image file ({suffix or 'no extension'})")
+                skipped.append((full, why))
+    return found, skipped
 
 
 def expand_paths(paths: Iterable[str | os.PathLike]) -> list[str]:
     """Files as given; folders replaced by the image files in them, sorted by name."""
-    out: list[str] = []
-    for path in paths:
-        path = str(path)
-        if os.path.isdir(path):
-            try:
-                entries = sorted(os.listdir(path))
-            except OSError as error:
-                out.append(path)  # read_bytes will explain
-                del error
-                continue
-            out.extend(
-                os.path.join(path, e) for e in entries
-                if Path(e).suffix.lower() in IMAGE_SUFFIXES
-            )  # fmt: skip
-        else:
-            out.append(path)
-    return out
+    return scan_paths(paths)[0]
