@@ -44,6 +44,7 @@ class AugmentConfig:
     elastic: float = 0.0  # strength of the smooth random displacement field, in pixels
     stroke: float = 0.0  # probability of thickening or thinning the strokes
     blur_noise: float = 0.0  # probability of a light blur plus Gaussian noise
+    low_resolution: float = 0.0  # probability of shrinking to 6-12 px and back (far-away digits)
     until: float = 1.0  # fraction of the training steps augmented; the rest see clean images
 
 
@@ -141,7 +142,7 @@ RECIPES: dict[str, TrainConfig] = {
     # like MNIST, and stronger distortion cost MNIST accuracy without gains on real images.
     "robust": TrainConfig(
         model="fastcnn",
-        epochs=12,
+        epochs=14,
         batch_size=128,
         optimizer="adamw",
         learning_rate=4e-3,
@@ -157,6 +158,7 @@ RECIPES: dict[str, TrainConfig] = {
             elastic=1.0,
             stroke=0.3,
             blur_noise=0.2,
+            low_resolution=0.15,
         ),
         # Letters, symbols and wrong cuts of touching digits must read unsure.
         outliers=0.25,

@@ -455,7 +455,7 @@ def _resolve(
         confidence = {span: float(p.max()) for span, p in zip(cut.spans, own, strict=True)}
         confidence[cut.paths[0][0]] = float(probs.max())  # the whole blob, as first read
         best = segment.best_path(cut.paths, confidence, digit.ink.shape[0])
-        if len(best) == 1:
+        if len(best) == 1 or min(confidence[span] for span in best) < segment.SURE_PIECES:
             readings.append([_digit_result(digit.image, digit.box, probs, digit.line)])
             continue
         index = {span: i for i, span in enumerate(cut.spans)}

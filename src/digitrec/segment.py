@@ -21,20 +21,21 @@ import numpy as np
 
 from digitrec.preprocess import Digit, to_mnist
 
-# Width / height above which a blob may hold several digits. Handwritten digits are narrower
-# than tall; a round 0 or a wide 2 reaches about 1.0.
-WIDE_ASPECT = 1.05
+# Width / height above which a blob is always tried as several digits. Most handwritten digits
+# are narrower than tall, but a wide 2 or 0 drawn on a canvas can reach 1.5: below this, only a
+# blob the model reads unsure is tried.
+WIDE_ASPECT = 1.8
 # A piece wider than this (width / height) pays PENALTY_PER_ASPECT per unit above it: the
 # classifier alone reads a blob of two zeros as one confident 0.
 PIECE_ASPECT = 0.95
-PENALTY_PER_ASPECT = 12.0
-# Every piece past the first costs this much (in log confidence): a slice of any stroke reads
-# as a sure 1, so cutting must be paid for by the pieces' readings.
-PIECE_COST = 1.0
+PENALTY_PER_ASPECT = 4.0
 # A blob of plain width is tried too when the model reads it below this confidence and it is
 # wider than RETRY_ASPECT (a 1 touching a 4 is as wide as one digit).
 RETRY_BELOW = 0.9
 RETRY_ASPECT = 0.5
+# A cut is taken only if the model reads every piece at least this surely: a letter or a star
+# cut into slices is still not a number.
+SURE_PIECES = 0.8
 # Narrowest piece, as a fraction of the blob's height: a 1 is thin, but not thinner.
 MIN_PIECE = 0.12
 MAX_DIGITS = 4
@@ -120,11 +121,11 @@ def piece(digit: Digit, span: Span) -> tuple[np.ndarray, tuple[int, int, int, in
 def best_path(
     paths: Sequence[list[Span]], confidence: dict[Span, float], height: int
 ) -> list[Span]:
-    """The path whose pieces are read most surely: the sum of log confidences, less a cost per
-    piece and a penalty for each piece too wide to be one digit."""
+    """The path whose pieces are read most surely: the sum of log confidences, less a penalty
+    for each piece too wide to be one digit."""
 
     def score(spans: list[Span]) -> float:
-        total = -PIECE_COST * (len(spans) - 1)
+        total = 0.0
         for left, right in spans:
             total += float(np.log(max(confidence[(left, right)], 1e-12)))
             total -= PENALTY_PER_ASPECT * max(0.0, (right - left) / height - PIECE_ASPECT)

@@ -156,7 +156,19 @@ def augment(x: torch.Tensor, config: AugmentConfig, generator: torch.Generator) 
         blurred = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
         noisy = blurred + 0.08 * torch.randn(x.shape, generator=generator, device=device)
         x = torch.where(pick, noisy.clamp_(0, 1), x)
+    if config.low_resolution > 0:
+        x = _low_resolution(x, config.low_resolution, uniform)
     return x
+
+
+def _low_resolution(x: torch.Tensor, probability: float, uniform: Callable) -> torch.Tensor:
+    """Some digits seen as a far-away photo sees them: shrunk to 6 to 12 px across and scaled
+    back up, so the strokes blur and block together the way the recognizer receives them."""
+    side = int(uniform(6, 13, (1,)).item())
+    small = F.interpolate(x, size=(side, side), mode="area")
+    blocky = F.interpolate(small, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    pick = (uniform(0, 1) < probability)[:, None, None, None]
+    return torch.where(pick, blocky, x)
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
