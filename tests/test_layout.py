@@ -390,3 +390,24 @@ def test_separator_is_frozen() -> None:
     assert separator.line == 0
     with pytest.raises(AttributeError):
         separator.char = ","  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("groups", "kept"),
+    [((2, 2), True), ((1, 2, 4), True), ((1, 1), True), ((1, 3), False), ((4, 1), False),
+     ((0, 2), False), ((2, 5), False)],
+)  # fmt: skip
+def test_a_slash_must_split_its_number_like_a_date_or_a_fraction(groups, kept):
+    # Digits 10 px wide at 20 px steps; a slash candidate between each group.
+    boxes, digits, slashes, x = [], [], [], 0
+    for number, count in enumerate(groups):
+        if number:
+            slashes.append(len(boxes))
+            boxes.append((x, 0, 6, 20))
+            x += 20
+        for _ in range(count):
+            digits.append(len(boxes))
+            boxes.append((x, 0, 10, 20))
+            x += 20
+    found = layout._date_like(slashes, digits, np.asarray(boxes, dtype=np.float64))
+    assert found == (slashes if kept else [])

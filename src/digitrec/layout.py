@@ -857,18 +857,20 @@ def find_separators(
 
 
 def _date_like(slashes: list[int], digits: list[int], boxes: np.ndarray) -> list[int]:
-    """The slashes, if they split the line's digits into groups of 1, 2 or 4 ("12/05/2024",
-    "3/4"); else none. A 1 leaning far enough to pass for a slash is common in handwriting, so
-    a slash must also read as one in its number."""
+    """The slashes, if they split the line's digits as a date or a fraction does: groups of 1
+    or 2 digits, the last one also of 4 ("12/05/2024", "3/4"); else none. A 1 leaning far
+    enough to pass for a slash is common in handwriting, so a slash must also read as one in
+    its number."""
     if not slashes:
         return slashes
     centres = boxes[:, 0] + boxes[:, 2] / 2
     edges = [-np.inf, *sorted(centres[slashes]), np.inf]
     digit_centres = centres[digits]
-    for left, right in zip(edges[:-1], edges[1:], strict=True):
-        if int(((digit_centres > left) & (digit_centres < right)).sum()) not in (1, 2, 4):
-            return []
-    return slashes
+    groups = [int(((digit_centres > left) & (digit_centres < right)).sum())
+              for left, right in zip(edges[:-1], edges[1:], strict=True)]  # fmt: skip
+    if all(count in (1, 2) for count in groups[:-1]) and groups[-1] in (1, 2, 4):
+        return slashes
+    return []
 
 
 def _read_marks(
