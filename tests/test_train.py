@@ -11,8 +11,9 @@ import torch
 
 from digitrec import checkpoint, train
 from digitrec.config import AugmentConfig, DataConfig, recipe, to_dict, train_config_from_dict
+from digitrec.evaluate import evaluate_split, predict_logits
 from digitrec.recognize import load_model
-from digitrec.train import evaluate, fit, make_splits, predict_logits
+from digitrec.train import fit, make_splits
 
 
 def test_a_short_run_on_a_small_subset_beats_90_percent_on_held_out_digits(tiny_run, splits):
@@ -120,8 +121,8 @@ def test_an_interrupted_run_resumes_to_the_same_weights(small, tmp_path):
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
     w1, w2 = _weights(whole.model), _weights(resumed.model)
     assert all(torch.allclose(w1[k].float(), w2[k].float()) for k in w1)
-    assert evaluate(resumed.model, small.test)["accuracy"] == pytest.approx(
-        evaluate(whole.model, small.test)["accuracy"]
+    assert evaluate_split(resumed.model, small.test)["accuracy"] == pytest.approx(
+        evaluate_split(whole.model, small.test)["accuracy"]
     )
 
 

@@ -31,8 +31,10 @@ import torch
 
 from digitrec import checkpoint
 from digitrec.config import available_cores, recipe
+from digitrec.data import Splits
+from digitrec.evaluate import evaluate_split
 from digitrec.models import count_parameters, create_model
-from digitrec.train import Splits, bf16_supported, evaluate, fit
+from digitrec.train import bf16_supported, fit
 
 DEFAULT_RECIPES = ("fast", "fast-long", "reference-pytorch", "reference-keras")
 THRESHOLDS = {"time_to_98_5_s": 0.985, "time_to_99_0_s": 0.990, "time_to_99_5_s": 0.995}
@@ -89,7 +91,7 @@ def bench_recipe(
     curve: list[list[float]] = []
 
     def on_eval(model: torch.nn.Module, epoch: float, seconds: float) -> None:
-        accuracy = evaluate(model, splits.test)["accuracy"]
+        accuracy = evaluate_split(model, splits.test)["accuracy"]
         model.train()
         curve.append([round(seconds, 3), round(accuracy, 5), round(epoch, 3)])
         if budget_s is not None and seconds >= budget_s:

@@ -22,11 +22,15 @@ import urllib.request
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from digitrec.checkpoint import write_atomic
 from digitrec.config import cache_dir
+
+if TYPE_CHECKING:  # annotations only: reading data needs no torch
+    import torch
 
 PARTS = ("train-images", "train-labels", "test-images", "test-labels")
 # Caps on one data file, which a mirror or a folder can make arbitrarily large: the largest real
@@ -103,6 +107,33 @@ DATASETS: dict[str, DatasetSpec] = {
     ),
 }
 
+
+
+@dataclass
+class Split:
+    """Images as uint8 torch tensors (N, 1, 28, 28) and labels as int64 (N,), on one device."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    # Non-digit images (uint8, M x 1 x 28 x 28) trained towards equal probabilities for every
+    # class: outlier exposure (`TrainConfig.outliers`).
+    outliers: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class Splits:
+    """A dataset held out into train, validation and test splits, ready for a model."""
+
+    train: Split
+    validation: Split
+    test: Split
+    dataset: str
+    sha256: dict[str, str]
+    classes: tuple[str, ...] = field(default_factory=tuple)
+    subset: int | None = None  # trained on the first N training images only
 
 class DataError(RuntimeError):
     """A dataset could not be found, fetched or parsed; the message says what was tried."""

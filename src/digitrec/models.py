@@ -44,6 +44,12 @@ def list_models() -> dict[str, str]:
     return dict(_DESCRIPTIONS)
 
 
+def to_input(images_u8: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """uint8 (N, 1, 28, 28) -> float 0..1, the scaling the article does."""
+    x = images_u8.float().div_(255.0)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

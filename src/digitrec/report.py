@@ -222,7 +222,7 @@ def write_report(
 
     `model` returns (temperature-scaled) logits for 0..1 images; returns report.html's path.
     """
-    from digitrec.train import predict_logits
+    from digitrec.evaluate import predict_logits
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -37,35 +37,12 @@ from digitrec.config import (
     to_dict,
     train_config_from_dict,
 )
+from digitrec.data import Split, Splits
 from digitrec.distributed import SINGLE_PROCESS, World
-from digitrec.models import count_parameters, create_model
+from digitrec.evaluate import evaluate_split, fit_temperature, predict_logits
+from digitrec.models import count_parameters, create_model, to_input
 
 Progress = Callable[[dict[str, Any]], None]
-
-
-@dataclass
-class Split:
-    """Images as uint8 (N, 1, 28, 28) and labels as int64 (N,), on the training device."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    # Non-digit images (uint8, M x 1 x 28 x 28) trained towards equal probabilities for every
-    # class: outlier exposure (`TrainConfig.outliers`).
-    outliers: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-
-@dataclass
-class Splits:
-    train: Split
-    validation: Split
-    test: Split
-    dataset: str
-    sha256: dict[str, str]
-    classes: tuple[str, ...] = field(default_factory=tuple)
-    subset: int | None = None  # trained on the first N training images only
 
 
 def check_device(device: str) -> str:
@@ -107,12 +84,6 @@ def make_splits(dataset: data.Dataset, config: DataConfig, device: str = "cpu") 
         classes=tuple(dataset.classes),
         subset=config.subset,
     )
-
-
-def to_input(images_u8: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
-    """uint8 (N, 1, 28, 28) -> float 0..1, the scaling the article does."""
-    x = images_u8.float().div_(255.0)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 def augment(x: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
@@ -424,35 +395,6 @@ def generator_for(generator: torch.Generator, device: torch.device) -> torch.Gen
     return cuda_generator
 
 
-@torch.no_grad()
-def predict_logits(
-    model: nn.Module, images_u8: torch.Tensor, batch_size: int = 2000
-) -> torch.Tensor:
-    """Logits (N, 10) in float32 for uint8 images (N, 1, 28, 28)."""
-    model.eval()
-    out = [
-        model(to_input(images_u8[i : i + batch_size])).float()
-        for i in range(0, len(images_u8), batch_size)
-    ]
-    return torch.cat(out) if out else torch.zeros((0, 10))
-
-
-def evaluate(model: nn.Module, split: Split, temperature: float = 1.0) -> dict[str, float]:
-    """Loss and accuracy of a model on a split."""
-    logits = predict_logits(model, split.images) / temperature
-    return {
-        "loss": F.cross_entropy(logits, split.labels).item(),
-        "accuracy": (logits.argmax(1) == split.labels).float().mean().item(),
-    }
-
-
-def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Temperature scaling: the T minimising validation NLL of softmax(logits / T)."""
-    temperatures = torch.exp(torch.linspace(math.log(0.25), math.log(8.0), 200))
-    losses = torch.stack([F.cross_entropy(logits / t, labels) for t in temperatures])
-    return float(temperatures[int(losses.argmin())])
-
-
 @dataclass
 class RunResult:
     """What `fit` trained. On ranks other than 0 the card is empty (rank 0 alone evaluates and
@@ -546,7 +488,7 @@ def fit(
         )
     if not world.is_main:
         return RunResult(out_dir, {}, history, model)
-    test = evaluate(model, splits.test, temperature)
+    test = evaluate_split(model, splits.test, temperature)
     last = history[-1] if history else {}
     metrics = {
         "train_accuracy": last.get("train_accuracy"),
@@ -697,7 +639,7 @@ def _end_epoch(
 ) -> None:  # fmt: skip
     """Validate, keep the best weights, save the state and the history, report the epoch."""
     current = _averaged(run.model, run.average)
-    validation = evaluate(current, splits.validation)
+    validation = evaluate_split(current, splits.validation)
     record = {
         "epoch": run.epoch,
         "train_loss": result["loss"],
@@ -907,9 +849,9 @@ def _fit_ensemble(
         return RunResult(out_dir, {}, [], None)
     ensemble = Ensemble(members, [s["temperature"] for s in specs])
     ensemble.eval()
-    test = evaluate(ensemble, splits.test)
-    validation = evaluate(ensemble, splits.validation)
-    train = evaluate(ensemble, Split(splits.train.images[:10000], splits.train.labels[:10000]))
+    test = evaluate_split(ensemble, splits.test)
+    validation = evaluate_split(ensemble, splits.validation)
+    train = evaluate_split(ensemble, Split(splits.train.images[:10000], splits.train.labels[:10000]))
     metrics = {
         "train_accuracy": train["accuracy"],
         "validation_accuracy": validation["accuracy"],
@@ -917,7 +859,7 @@ def _fit_ensemble(
         "test_loss": test["loss"],
         "train_seconds": sum(h["train_seconds"] for h in history),
         "member_test_accuracy": [
-            evaluate(m, splits.test, s["temperature"])["accuracy"]
+            evaluate_split(m, splits.test, s["temperature"])["accuracy"]
             for m, s in zip(members, specs, strict=True)
         ],  # fmt: skip
     }
