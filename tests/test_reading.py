@@ -117,3 +117,21 @@ def test_number_is_the_first_line_and_single_line_clients_see_what_they_always_d
                 assert result.number == "".join(str(d.digit) for d in digits)
         for reading in result.digits:
             assert reading.image is not None and reading.image.shape == (28, 28)
+
+
+def test_every_in_memory_input_reads_as_its_file(bundled):
+    from PIL import Image
+
+    path = EXAMPLES[3]  # a canvas export with transparency
+    expected = bundled.recognize(path)
+    image = Image.open(path)
+    gray = np.asarray(image.convert("L"))
+    rgb = np.asarray(image.convert("RGB"))
+    with open(path, "rb") as file:
+        sources = [path.read_bytes(), file, image, gray, rgb, gray.astype(np.float32) / 255]
+        for source in sources:
+            result = bundled.recognize(source)
+            assert result.number == expected.number, type(source)
+            assert [d.digit for d in result.digits] == [d.digit for d in expected.digits]
+    with pytest.raises(TypeError):
+        bundled.recognize(object())

@@ -18,6 +18,7 @@ import numpy as np
 
 from digitrec import preprocess, segment
 from digitrec.config import available_cores
+from digitrec.inputs import ImageSource, as_bytes
 
 # A calibrated confidence below this marks a digit as uncertain: on the validation split, digits
 # read with less confidence are wrong far more often than the model's 99%+ accuracy suggests.
@@ -380,19 +381,24 @@ class Recognizer:
         # A NaN must never reach an answer: JSON cannot carry it and "0 at NaN" reads as sure.
         return check_finite(np.concatenate(parts), self.card.get("model", "model"))
 
-    def recognize(
-        self, image: str | os.PathLike | bytes, stages: dict | None = None
-    ) -> ImageResult:
-        """One image (path or bytes) -> its digits."""
+    def recognize(self, image: ImageSource, stages: dict | None = None) -> ImageResult:
+        """One image -> its digits: a path, bytes, a binary file object, a PIL image or a numpy
+        array (gray or RGB, uint8 or float 0..1)."""
         return self.recognize_many([image], stages=[stages] if stages is not None else None)[0]
 
     def recognize_many(
         self,
-        images: Sequence[str | os.PathLike | bytes],
+        images: Sequence[ImageSource],
         stages: Sequence[dict | None] | None = None,
     ) -> list[ImageResult]:
-        """Many images; one model call for all their digits (and one more for the pieces of
-        blobs that may be touching digits). Bad files get an error result."""
+        """Many images (any form `recognize` takes); one model call for all their digits (and
+        one more for the pieces of blobs that may be touching digits). Bad files get an error
+        result; a picture in memory that cannot be encoded raises ImageError."""
+        # Paths stay paths, so a file's own errors (not found, too large) name it.
+        images = [
+            image if isinstance(image, str | os.PathLike | bytes) else as_bytes(image)
+            for image in images
+        ]
         # Decoding and cutting out digits dominate; the files run on every core.
         pages = preprocess.extract_many(images, stages, page=True)
         found = [page.digits for page in pages if not isinstance(page, preprocess.ImageError)]
