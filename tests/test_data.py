@@ -49,10 +49,14 @@ def test_real_mnist_is_verified_and_complete(mnist, data_cache):
         assert data.sha256_bytes(Path(path).read_bytes()) == data.DATASETS["mnist"].sha256[part]
 
 
-def test_scale_is_the_articles_0_to_1():
-    scaled = data.scale(np.array([[0, 51, 255]], dtype=np.uint8))
-    assert scaled.dtype == np.float32
-    assert np.allclose(scaled, [[0.0, 0.2, 1.0]])
+def test_model_input_is_the_articles_0_to_1_scaling():
+    import torch
+
+    from digitrec.models import to_input
+
+    scaled = to_input(torch.tensor([[[[0, 51, 255]]]], dtype=torch.uint8))
+    assert scaled.dtype == torch.float32
+    assert torch.allclose(scaled, torch.tensor([[[[0.0, 0.2, 1.0]]]]))
 
 
 def _copy_cache(mnist, folder: Path, gzip: bool = False) -> Path:

@@ -424,11 +424,6 @@ def load(
     )
 
 
-def scale(images: np.ndarray) -> np.ndarray:
-    """The article's scaling: 0..255 -> 0..1 float32."""
-    return images.astype(np.float32) / 255.0
-
-
 def split_validation(
     num_train: int, validation_size: int, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:

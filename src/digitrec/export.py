@@ -326,7 +326,7 @@ def throughput(
             return calls * len(images) / elapsed
 
 
-# The targets for the default model on 2 cores.
+# The targets for the default model on 2 cores.
 TARGET_DIGITS_PER_SECOND = 40_000
 TARGET_COLD_START_S = 1.0
 

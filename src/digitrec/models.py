@@ -196,7 +196,8 @@ class WideCNN(nn.Module):
 class KernelNet(nn.Module):
     """A plain stack of same-size convolutions with batch norm and no pooling (An et al. 2020).
 
-    Each unpadded k x k conv shrinks the 28x28 image by k - 1; the ensemble uses k = 3, 5, 7.
+    Each unpadded k x k conv shrinks the 28x28 image by k - 1, so the kernel size sets how many
+    convs fit (an ensemble may give each member its own, `TrainConfig.member_kernels`).
     """
 
     def __init__(self, kernel_size: int = 5, width: int = 32, num_classes: int = 10) -> None:
