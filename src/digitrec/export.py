@@ -369,8 +369,8 @@ def cold_start(backend: str, model: Path, image: Path, repeats: int = 5) -> dict
     import subprocess
     import sys
 
-    command = [sys.executable, "-m", "digitrec", "recognize", "--backend", backend,
-               "--model", str(model), str(image)]  # fmt: skip
+    command = [sys.executable, "-m", "digitrec", "recognize"]
+    command += ["--backend", backend, "--model", str(model), str(image)]
     times, answer = [], ""
     for _ in range(repeats + (repeats > 1)):
         start = time.perf_counter()
@@ -404,12 +404,9 @@ def bench_inference(
     """
     import platform
 
-    import torch
-
     from digitrec import synth
     from digitrec.config import available_cores
     from digitrec.models import count_parameters
-    from digitrec.recognize import OnnxBackend, TorchBackend
 
     threads = threads or available_cores()
     images = np.random.default_rng(0).random((batch, 28, 28), dtype=np.float32)
@@ -421,15 +418,7 @@ def bench_inference(
         data, extension, label = synth.make_example("paper", np.random.default_rng(7))
         image = folder / f"digit-{label}{extension}"
         image.write_bytes(data)
-
-        previous = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            torch_speed = throughput(TorchBackend(module).probabilities, batch, seconds, images)
-        finally:
-            torch.set_num_threads(previous)
-        onnx_speed = throughput(OnnxBackend(onnx_path, threads).probabilities, batch, seconds,
-                                images)  # fmt: skip
+        torch_speed, onnx_speed = _throughputs(module, onnx_path, images, seconds, threads)
         starts = {
             "torch": cold_start("torch", weights, image, cold_starts),
             "onnx": cold_start("onnx", onnx_path, image, cold_starts),
@@ -454,6 +443,25 @@ def bench_inference(
         "onnx_cold_start_s": starts["onnx"]["seconds"] <= TARGET_COLD_START_S,
     }
     return report
+
+
+def _throughputs(
+    module: Any, onnx_path: Path, images: np.ndarray, seconds: float, threads: int
+) -> tuple[float, float]:
+    """Digits per second of (PyTorch, ONNX Runtime), both on `threads` threads, over `images`."""
+    import torch
+
+    from digitrec.recognize import OnnxBackend, TorchBackend
+
+    batch = len(images)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch_speed = throughput(TorchBackend(module).probabilities, batch, seconds, images)
+    finally:
+        torch.set_num_threads(previous)
+    onnx = OnnxBackend(onnx_path, threads)
+    return torch_speed, throughput(onnx.probabilities, batch, seconds, images)
 
 
 def inference_table(report: dict[str, Any]) -> str:

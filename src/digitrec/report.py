@@ -234,31 +234,10 @@ def write_report(
     metrics["dataset"] = card.get("dataset", {}).get("name", splits.dataset)
     metrics["temperature"] = card.get("temperature", 1.0)
     confusion = np.array(metrics["confusion_matrix"])
-    probabilities = softmax(logits)
-
-    paths = {
-        "confusion": figures.confusion_heatmap(
-            confusion, classes, out_dir / "confusion.png",
-            f"confusion matrix: {metrics['size']} test digits, accuracy {metrics['accuracy']:.2%}",
-        ),
-        "reliability": figures.reliability_diagram(
-            *(np.array(metrics["reliability"][k]) for k in ("edges", "accuracy", "confidence")),
-            np.array(metrics["reliability"]["counts"]), metrics["ece"],
-            out_dir / "reliability.png",
-        ),
-    }  # fmt: skip
-    mistakes = confident_mistakes(probabilities, labels)[:GALLERY_SIZE]
-    if len(mistakes):
-        images = splits.test.images[mistakes, 0].cpu().numpy()
-        titles = [
-            f"{classes[labels[i]]} → {classes[probabilities[i].argmax()]} "
-            f"{probabilities[i].max():.0%}"
-            for i in mistakes
-        ]
-        paths["mistakes"] = figures.digit_grid(
-            list(images), titles, out_dir / "mistakes.png", cmap=figures.DIGIT_CMAP,
-            suptitle="most confident mistakes: true → predicted (confidence)",
-        )  # fmt: skip
+    paths = _metric_figures(metrics, confusion, classes, out_dir)
+    mistakes = _mistakes_figure(softmax(logits), labels, classes, splits.test.images, out_dir)
+    if mistakes is not None:
+        paths["mistakes"] = mistakes
     history = read_history(run_dir)
     if history:
         paths["curves"] = figures.training_curves(history, out_dir / "training-curves.png")
@@ -271,6 +250,51 @@ def write_report(
     return write_html(out_dir / "report.html", f"digitrec report: {card.get('model')}", body)
 
 
+def _metric_figures(
+    metrics: dict[str, Any], confusion: np.ndarray, classes: Sequence[str], out_dir: Path
+) -> dict[str, Path]:
+    """The confusion heatmap and the reliability diagram, by figure name."""
+    reliability = metrics["reliability"]
+    return {
+        "confusion": figures.confusion_heatmap(
+            confusion,
+            classes,
+            out_dir / "confusion.png",
+            f"confusion matrix: {metrics['size']} test digits, accuracy {metrics['accuracy']:.2%}",
+        ),
+        "reliability": figures.reliability_diagram(
+            *(np.array(reliability[k]) for k in ("edges", "accuracy", "confidence")),
+            np.array(reliability["counts"]),
+            metrics["ece"],
+            out_dir / "reliability.png",
+        ),
+    }
+
+
+def _mistakes_figure(
+    probabilities: np.ndarray,
+    labels: np.ndarray,
+    classes: Sequence[str],
+    images: Any,
+    out_dir: Path,
+) -> Path | None:
+    """A gallery of the most confident mistakes, or None when there is no mistake."""
+    mistakes = confident_mistakes(probabilities, labels)[:GALLERY_SIZE]
+    if not len(mistakes):
+        return None
+    titles = [
+        f"{classes[labels[i]]} → {classes[probabilities[i].argmax()]} {probabilities[i].max():.0%}"
+        for i in mistakes
+    ]
+    return figures.digit_grid(
+        list(images[mistakes, 0].cpu().numpy()),
+        titles,
+        out_dir / "mistakes.png",
+        cmap=figures.DIGIT_CMAP,
+        suptitle="most confident mistakes: true → predicted (confidence)",
+    )
+
+
 def _report_body(
     run_dir: Any,
     card: dict[str, Any],
@@ -279,74 +303,13 @@ def _report_body(
     text_table: str,
     history: list[dict[str, Any]],
 ) -> str:
-    esc = html.escape
-    per_class = [
-        [name, f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}",
-         row["support"]]
-        for name, row in metrics["per_class"].items()
-    ]  # fmt: skip
-    parts = [
-        f"<h1>Evaluation report: {esc(str(card.get('model')))}</h1>",
-        f"<p>Run <code>{esc(str(run_dir))}</code>, dataset {esc(str(metrics['dataset']))}, "
-        f"{card.get('parameters', 0):,} parameters, trained {esc(str(card.get('created', '?')))}"
-        f", softmax temperature {metrics['temperature']:.3g}.</p>",
-        "<h2>Test set</h2>",
-        table_html(
-            [
-                "digits",
-                "accuracy",
-                "loss",
-                "errors",
-                "macro F1",
-                f"ECE ({metrics['calibration_bins']} bins)",
-            ],
-            [
-                [
-                    metrics["size"],
-                    f"{metrics['accuracy']:.4f}",
-                    f"{metrics['loss']:.4f}",
-                    metrics["errors"],
-                    f"{metrics['macro_f1']:.4f}",
-                    f"{metrics['ece']:.4f}",
-                ]
-            ],
-        ),  # fmt: skip
-        "<p>The loss is the mean cross-entropy of the calibrated probabilities; accuracy is the "
-        "share of test digits whose most probable class is the true one.</p>",
-        "<h2>Per class</h2>",
-        "<p>Precision: of the digits read as this class, the share that were. Recall: of the "
-        "digits of this class, the share read as it. F1: their harmonic mean.</p>",
-        table_html(["class", "precision", "recall", "F1", "support"], per_class),
-        "<h2>Confusion matrix</h2>",
-        figure_html(
-            paths["confusion"],
-            "Rows are the true labels, columns the predicted ones; "
-            "the diagonal holds the right answers.",
-        ),  # fmt: skip
-        f"<pre>{esc(text_table)}</pre>",
-        "<h2>Most confident mistakes</h2>",
-    ]
-    if "mistakes" in paths:
-        parts.append(figure_html(
-            paths["mistakes"],
-            f"The {min(GALLERY_SIZE, metrics['errors'])} misclassified test digits the model was "
-            f"surest about, of {metrics['errors']}: true label → predicted label (confidence). "
-            "Some are ambiguous even to a person; some labels look wrong.",
-        ))  # fmt: skip
-    else:
-        parts.append("<p>No test digit was misclassified.</p>")
+    """The report page's HTML, section by section."""
+    parts = _summary_parts(run_dir, card, metrics)
+    parts += _per_class_parts(metrics, paths, text_table)
+    parts.append("<h2>Most confident mistakes</h2>")
+    parts.append(_mistakes_part(metrics, paths))
     parts.append("<h2>Training curves</h2>")
-    if "curves" in paths:
-        parts.append(figure_html(
-            paths["curves"],
-            f"Loss and accuracy after each of {len(history)} epochs, on the training batches "
-            "and on the held-out validation split. Training figures are averaged over "
-            "each epoch while the weights still change, so early on they trail validation. "
-            "Validation far worse than training is "
-            "overfitting; both poor is underfitting.",
-        ))  # fmt: skip
-    else:
-        parts.append('<p class="note">This run has no history.json, so no curves.</p>')
+    parts.append(_curves_part(paths, history))
     parts += [
         "<h2>Calibration</h2>",
         figure_html(
@@ -360,3 +323,81 @@ def _report_body(
         "matrix as a list of lists), <code>confusion.txt</code> and the PNG figures.</p>",
     ]
     return "\n".join(parts)
+
+
+def _summary_parts(run_dir: Any, card: dict[str, Any], metrics: dict[str, Any]) -> list[str]:
+    """The heading, the run's description and the test set's headline metrics."""
+    esc = html.escape
+    header = ["digits", "accuracy", "loss", "errors", "macro F1"]
+    header.append(f"ECE ({metrics['calibration_bins']} bins)")
+    row = [
+        metrics["size"],
+        f"{metrics['accuracy']:.4f}",
+        f"{metrics['loss']:.4f}",
+        metrics["errors"],
+        f"{metrics['macro_f1']:.4f}",
+        f"{metrics['ece']:.4f}",
+    ]
+    return [
+        f"<h1>Evaluation report: {esc(str(card.get('model')))}</h1>",
+        f"<p>Run <code>{esc(str(run_dir))}</code>, dataset {esc(str(metrics['dataset']))}, "
+        f"{card.get('parameters', 0):,} parameters, trained {esc(str(card.get('created', '?')))}"
+        f", softmax temperature {metrics['temperature']:.3g}.</p>",
+        "<h2>Test set</h2>",
+        table_html(header, [row]),
+        "<p>The loss is the mean cross-entropy of the calibrated probabilities; accuracy is the "
+        "share of test digits whose most probable class is the true one.</p>",
+    ]
+
+
+def _per_class_parts(metrics: dict[str, Any], paths: dict[str, Path], text_table: str) -> list[str]:
+    """Precision, recall and F1 per class, then the confusion matrix as a figure and text."""
+    per_class = [
+        [
+            name,
+            f"{row['precision']:.4f}",
+            f"{row['recall']:.4f}",
+            f"{row['f1']:.4f}",
+            row["support"],
+        ]
+        for name, row in metrics["per_class"].items()
+    ]
+    return [
+        "<h2>Per class</h2>",
+        "<p>Precision: of the digits read as this class, the share that were. Recall: of the "
+        "digits of this class, the share read as it. F1: their harmonic mean.</p>",
+        table_html(["class", "precision", "recall", "F1", "support"], per_class),
+        "<h2>Confusion matrix</h2>",
+        figure_html(
+            paths["confusion"],
+            "Rows are the true labels, columns the predicted ones; "
+            "the diagonal holds the right answers.",
+        ),
+        f"<pre>{html.escape(text_table)}</pre>",
+    ]
+
+
+def _mistakes_part(metrics: dict[str, Any], paths: dict[str, Path]) -> str:
+    """The gallery of confident mistakes, or a line saying there were none."""
+    if "mistakes" not in paths:
+        return "<p>No test digit was misclassified.</p>"
+    return figure_html(
+        paths["mistakes"],
+        f"The {min(GALLERY_SIZE, metrics['errors'])} misclassified test digits the model was "
+        f"surest about, of {metrics['errors']}: true label → predicted label (confidence). "
+        "Some are ambiguous even to a person; some labels look wrong.",
+    )
+
+
+def _curves_part(paths: dict[str, Path], history: list[dict[str, Any]]) -> str:
+    """The training curves, or a note that the run kept no history."""
+    if "curves" not in paths:
+        return '<p class="note">This run has no history.json, so no curves.</p>'
+    return figure_html(
+        paths["curves"],
+        f"Loss and accuracy after each of {len(history)} epochs, on the training batches "
+        "and on the held-out validation split. Training figures are averaged over "
+        "each epoch while the weights still change, so early on they trail validation. "
+        "Validation far worse than training is "
+        "overfitting; both poor is underfitting.",
+    )

@@ -54,11 +54,14 @@ def check_device(device: str) -> str:
     if kind != "cuda" or (index and not index.isdigit()):
         raise DeviceError(f"unknown device {device!r}: use cpu, cuda or cuda:N")
     if not torch.cuda.is_available():
-        raise DeviceError(f"device {device!r}: no CUDA GPU is usable here (this torch build: "
-                          f"{torch.__version__}); train on cpu")  # fmt: skip
+        raise DeviceError(
+            f"device {device!r}: no CUDA GPU is usable here (this torch build: "
+            f"{torch.__version__}); train on cpu"
+        )
     if index and int(index) >= torch.cuda.device_count():
-        raise DeviceError(f"device {device!r}: this machine has "
-                          f"{torch.cuda.device_count()} CUDA GPU(s)")  # fmt: skip
+        raise DeviceError(
+            f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)"
+        )
     return device
 
 
@@ -147,13 +150,21 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     if config.optimizer in ("adam", "adamw"):
         # The fused kernel updates every tensor in one call instead of one per tensor.
         adam = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
-        return adam(params, lr=config.learning_rate, betas=config.betas,
-                    weight_decay=config.weight_decay, fused=True)  # fmt: skip
+        return adam(
+            params,
+            lr=config.learning_rate,
+            betas=config.betas,
+            weight_decay=config.weight_decay,
+            fused=True,
+        )
     if config.optimizer == "sgd":
         return torch.optim.SGD(
-            params, lr=config.learning_rate, momentum=config.momentum, nesterov=True,
+            params,
+            lr=config.learning_rate,
+            momentum=config.momentum,
+            nesterov=True,
             weight_decay=config.weight_decay,
-        )  # fmt: skip
+        )
     if config.optimizer == "adadelta":
         return torch.optim.Adadelta(params, lr=config.learning_rate)
     raise ValueError(f"unknown optimizer {config.optimizer!r}")
@@ -167,10 +178,14 @@ def make_scheduler(
         # very short runs (5 steps at 20% warm-up): keep at least two warm-up steps.
         total_steps = max(total_steps, 4)
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=config.learning_rate, total_steps=total_steps,
+            optimizer,
+            max_lr=config.learning_rate,
+            total_steps=total_steps,
             pct_start=min(max(config.warmup, 2 / total_steps), 0.5),
-            div_factor=10.0, final_div_factor=100.0, cycle_momentum=config.cycle_momentum,
-        )  # fmt: skip
+            div_factor=10.0,
+            final_div_factor=100.0,
+            cycle_momentum=config.cycle_momentum,
+        )
     if config.schedule == "step":  # stepped once per epoch, as pytorch/examples does
         return torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: config.step_gamma ** (step // steps_per_epoch)
@@ -233,6 +248,69 @@ class EpochProgress:
     train_seconds: float = 0.0
 
 
+@dataclass(frozen=True)
+class EpochHooks:
+    """What an epoch reports and saves as it goes, and after which of its steps (1-based).
+
+    `on_step(step, steps, loss, accuracy)` runs every 10 steps and after the last;
+    `on_eval(step, train_seconds)` after each step in `eval_steps`; `on_checkpoint(progress)`
+    after each step in `checkpoint_steps`, on every rank. Evaluations and checkpoints run with
+    the training clock stopped.
+    """
+
+    on_step: Callable[[int, int, float, float], None] | None = None
+    on_eval: Callable[[int, float], None] | None = None
+    eval_steps: frozenset[int] = frozenset()
+    on_checkpoint: Callable[[EpochProgress], None] | None = None
+    checkpoint_steps: frozenset[int] = frozenset()
+
+
+NO_HOOKS = EpochHooks()
+
+
+@dataclass
+class _EpochTotals:
+    """This rank's running totals over an epoch."""
+
+    # Tensors on the device, so that a step does not wait for the device to report them.
+    loss: torch.Tensor
+    correct: torch.Tensor
+    seen: int
+    train_seconds: float
+
+    @classmethod
+    def resumed(cls, progress: EpochProgress, device: torch.device) -> _EpochTotals:
+        """The totals `progress` had reached (zero for a fresh epoch)."""
+        loss = torch.tensor(progress.loss_sum, device=device)
+        correct = torch.tensor(progress.correct, device=device, dtype=torch.long)
+        return cls(loss, correct, progress.seen, progress.train_seconds)
+
+    def add(self, logits: torch.Tensor, y: torch.Tensor, summed: torch.Tensor) -> None:
+        """Count one batch: its summed loss and its right answers."""
+        self.loss += summed
+        self.correct += (logits.argmax(1) == y).sum()
+        self.seen += len(y)
+
+    def means(self) -> tuple[float, float]:
+        """(mean loss, accuracy) of this rank's batches so far."""
+        return self.loss.item() / self.seen, self.correct.item() / self.seen
+
+    def progress(self, order: torch.Tensor, step: int, world: World) -> EpochProgress:
+        """The epoch after `step` steps, with the global totals (a collective on every rank)."""
+        totals = _global_totals(self.loss, self.correct, self.seen, world)
+        return EpochProgress(order, step, *totals, self.train_seconds)
+
+    def result(self, steps: int, world: World) -> dict[str, float]:
+        """What `train_one_epoch` returns: the global mean loss and accuracy, time and steps."""
+        loss_sum, correct, count = _global_totals(self.loss, self.correct, self.seen, world)
+        return {
+            "loss": loss_sum / max(count, 1),
+            "accuracy": correct / max(count, 1),
+            "train_seconds": self.train_seconds,
+            "steps": steps,
+        }
+
+
 def train_one_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -242,44 +320,30 @@ def train_one_epoch(
     generator: torch.Generator,
     steps: int | None = None,
     average: WeightAverage | None = None,
-    on_step: Callable[[int, int, float, float], None] | None = None,
-    on_eval: Callable[[int, float], None] | None = None,
-    eval_steps: frozenset[int] = frozenset(),
+    hooks: EpochHooks = NO_HOOKS,
     world: World = SINGLE_PROCESS,
     augment_steps: int | None = None,
     progress: EpochProgress | None = None,
-    on_checkpoint: Callable[[EpochProgress], None] | None = None,
-    checkpoint_steps: frozenset[int] = frozenset(),
 ) -> dict[str, float]:
     """One pass (or `steps` batches) over a fresh permutation; returns loss and accuracy.
 
     With augmentation on, the first `augment_steps` batches (default: all) are augmented.
-    `progress` continues an epoch a checkpoint saved part-way through; after each step in
-    `checkpoint_steps`, `on_checkpoint` gets the epoch's progress so far (on every rank).
-
-    `train_seconds` counts only the training steps: `on_eval` and `on_checkpoint` run with the
-    clock stopped. On several processes (`world`), `model` is wrapped in DDP, each rank trains
-    on its shard of every global batch of `config.batch_size`, and the metrics returned are the
-    global ones.
+    `progress` continues an epoch a checkpoint saved part-way through; `hooks` report and save
+    the epoch as it goes. `train_seconds` counts only the training steps. On several processes
+    (`world`), `model` is wrapped in DDP, each rank trains on its shard of every global batch of
+    `config.batch_size`, and the metrics returned are the global ones.
     """
     model.train()
     use_bf16 = config.bf16 and bf16_supported(config.device)
     device_type = "cuda" if config.device.startswith("cuda") else "cpu"
-    device = train.labels.device
     if progress is None:
         # The same permutation on every rank: they share the generator's seed and state.
         progress = EpochProgress(torch.randperm(len(train), generator=generator, device="cpu"))
-    order = progress.order.to(device)
-    augment_generator = generator
-    if config.augment.enabled and world.is_distributed:
-        # Drawn afresh after a mid-epoch resume, since only rank 0 saves: the resumed run goes
-        # on validly, but not bit for bit as the uninterrupted one would have.
-        augment_generator = distributed.rank_generator(generator, world)
+    order = progress.order.to(train.labels.device)
+    augment_generator = _augment_generator(generator, config, world)
     batches = math.ceil(len(train) / config.batch_size)
     steps = batches if steps is None else min(steps, batches)
-    total_loss = torch.tensor(progress.loss_sum, device=device)
-    total_correct = torch.tensor(progress.correct, device=device, dtype=torch.long)
-    seen, train_seconds = progress.seen, progress.train_seconds
+    totals = _EpochTotals.resumed(progress, train.labels.device)
     start = clock(device_type)
     for step in range(progress.step, steps):
         batch = order[step * config.batch_size : (step + 1) * config.batch_size]
@@ -288,43 +352,73 @@ def train_one_epoch(
         y = train.labels[index]
         if config.augment.enabled and (augment_steps is None or step < augment_steps):
             x = augment(x, config.augment, generator_for(augment_generator, x.device))
-        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=use_bf16):
-            logits = model(x)
-        logits, outlier_logits = logits[: len(y)], logits[len(y) :]
-        loss, summed = _batch_loss(logits, y, config, world, len(batch))
-        if len(outlier_logits):
-            # Cross-entropy against the uniform distribution: no class for a non-digit.
-            loss = loss - config.outlier_weight * F.log_softmax(outlier_logits.float(), 1).mean()
+        logits, loss, summed = _forward_loss(model, x, y, config, world, len(batch), use_bf16)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
         if average is not None:
             average.update(distributed.unwrap(model))
-        total_loss += summed
-        total_correct += (logits.argmax(1) == y).sum()
-        seen += len(y)
-        if on_step is not None and (step % 10 == 0 or step == steps - 1):
-            on_step(step + 1, steps, total_loss.item() / seen, total_correct.item() / seen)
-        pause = (step + 1) in eval_steps and on_eval is not None
-        if pause or (step + 1) in checkpoint_steps:
-            train_seconds += clock(device_type) - start
-            if pause:
-                on_eval(step + 1, train_seconds)
-                model.train()
-            if (step + 1) in checkpoint_steps:
-                totals = _global_totals(total_loss, total_correct, seen, world)
-                if on_checkpoint is not None:
-                    on_checkpoint(EpochProgress(order, step + 1, *totals, train_seconds))
+        totals.add(logits, y, summed)
+        if hooks.on_step is not None and (step % 10 == 0 or step == steps - 1):
+            hooks.on_step(step + 1, steps, *totals.means())
+        pause = (step + 1) in hooks.eval_steps and hooks.on_eval is not None
+        if pause or (step + 1) in hooks.checkpoint_steps:
+            totals.train_seconds += clock(device_type) - start
+            _pause_epoch(model, hooks, step + 1, order, totals, world)
             start = clock(device_type)
-    train_seconds += clock(device_type) - start
-    loss_sum, correct, count = _global_totals(total_loss, total_correct, seen, world)
-    return {
-        "loss": loss_sum / max(count, 1),
-        "accuracy": correct / max(count, 1),
-        "train_seconds": train_seconds,
-        "steps": steps,
-    }
+    totals.train_seconds += clock(device_type) - start
+    return totals.result(steps, world)
+
+
+def _augment_generator(
+    generator: torch.Generator, config: TrainConfig, world: World
+) -> torch.Generator:
+    """The generator augmentation draws from: on several processes, each rank's own."""
+    if config.augment.enabled and world.is_distributed:
+        # Drawn afresh after a mid-epoch resume, since only rank 0 saves: the resumed run goes
+        # on validly, but not bit for bit as the uninterrupted one would have.
+        return distributed.rank_generator(generator, world)
+    return generator
+
+
+def _forward_loss(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    config: TrainConfig,
+    world: World,
+    global_batch: int,
+    use_bf16: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(digit logits, loss to step on, this rank's summed loss); outlier images follow in `x`."""
+    device_type = "cuda" if config.device.startswith("cuda") else "cpu"
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=use_bf16):
+        logits = model(x)
+    logits, outlier_logits = logits[: len(y)], logits[len(y) :]
+    loss, summed = _batch_loss(logits, y, config, world, global_batch)
+    if len(outlier_logits):
+        # Cross-entropy against the uniform distribution: no class for a non-digit.
+        loss = loss - config.outlier_weight * F.log_softmax(outlier_logits.float(), 1).mean()
+    return logits, loss, summed
+
+
+def _pause_epoch(
+    model: nn.Module,
+    hooks: EpochHooks,
+    step: int,
+    order: torch.Tensor,
+    totals: _EpochTotals,
+    world: World,
+) -> None:
+    """After `step`, evaluate and save the epoch's progress as `hooks` ask (clock stopped)."""
+    if step in hooks.eval_steps and hooks.on_eval is not None:
+        hooks.on_eval(step, totals.train_seconds)
+        model.train()
+    if step in hooks.checkpoint_steps:
+        progress = totals.progress(order, step, world)
+        if hooks.on_checkpoint is not None:
+            hooks.on_checkpoint(progress)
 
 
 def _with_outliers(
@@ -380,8 +474,9 @@ def _global_totals(
     """(loss sum, correct, count) of the global batches, not this rank's shares."""
     loss_sum, correct, count = total_loss.item(), int(total_correct.item()), seen
     if world.is_distributed:
-        totals = torch.tensor([loss_sum, correct, count], dtype=torch.float64,
-                              device=total_loss.device)  # fmt: skip
+        totals = torch.tensor(
+            [loss_sum, correct, count], dtype=torch.float64, device=total_loss.device
+        )
         loss_sum, correct, count = distributed.sum_over_ranks(totals, world).tolist()
     return loss_sum, int(correct), int(count)
 
@@ -478,13 +573,20 @@ def fit(
     if config.threads:
         torch.set_num_threads(config.threads)
     if config.members > 1:
-        return _fit_ensemble(config, splits, out_dir, recipe_name, emit, resume, world,
-                             parallel_members)  # fmt: skip
+        return _fit_ensemble(
+            config, splits, out_dir, recipe_name, emit, resume, world, parallel_members
+        )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model, history, temperature = _fit_single(
-            config, with_outlier_images(splits, config), out_dir, emit, resume, on_eval, world,
-            recipe_name
+            config,
+            with_outlier_images(splits, config),
+            out_dir,
+            emit,
+            resume,
+            on_eval,
+            world,
+            recipe_name,
         )
     if not world.is_main:
         return RunResult(out_dir, {}, history, model)
@@ -527,8 +629,11 @@ class Training:
 
 def data_settings(splits: Splits) -> dict[str, Any]:
     """What a resumed run must train on again: the dataset, its subset and validation size."""
-    return {"dataset": splits.dataset, "subset": splits.subset,
-            "validation_size": len(splits.validation)}  # fmt: skip
+    return {
+        "dataset": splits.dataset,
+        "subset": splits.subset,
+        "validation_size": len(splits.validation),
+    }
 
 
 def checkpoint_steps(
@@ -553,68 +658,114 @@ def _fit_single(
     world: World = SINGLE_PROCESS,
     recipe_name: str | None = None,
 ) -> tuple[nn.Module, list[dict[str, Any]], float]:
+    """Train one model epoch by epoch; returns (best model, history, softmax temperature)."""
     steps_per_epoch = math.ceil(len(splits.train) / config.batch_size)
     total_steps = max(1, round(config.epochs * steps_per_epoch))
     augment_until = round(config.augment.until * total_steps)  # in steps from the start
     run = _start_training(config, total_steps, steps_per_epoch)
-    settings = {"config": to_dict(config), "data": data_settings(splits),
-                "recipe_name": recipe_name}  # fmt: skip
+    settings = {
+        "config": to_dict(config),
+        "data": data_settings(splits),
+        "recipe_name": recipe_name,
+    }
     if resume:
         _restore_training(run, out_dir / checkpoint.STATE_FILE, config, splits, world)
         at = f"epoch {run.epoch + 1} at step {run.progress.step}" if run.progress else None
-        emit({"event": "resume", "epoch": run.epoch,
-              "message": f"continuing {at or f'after epoch {run.epoch}'}"})  # fmt: skip
+        message = f"continuing {at or f'after epoch {run.epoch}'}"
+        emit({"event": "resume", "epoch": run.epoch, "message": message})
 
     # Wrapped after loading: DDP starts every rank from rank 0's weights and buffers, and the
     # state saved below is always the unwrapped model's, whatever the number of processes.
     trained = distributed.wrap(run.model, world, config.device)
-    epochs = math.ceil(config.epochs)
-    evals = max(1, config.evals_per_epoch)
-    for epoch in range(run.epoch, epochs):
+    for epoch in range(run.epoch, math.ceil(config.epochs)):
         steps = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)
-        eval_steps = frozenset(round(steps * (i + 1) / evals) for i in range(evals))
-        elapsed = sum(h["train_seconds"] for h in run.history)
-
-        def step_event(
-            step: int, of: int, loss: float, accuracy: float, epoch: int = epoch
-        ) -> None:
-            emit({"event": "step", "epoch": epoch + 1, "epochs": epochs, "step": step,
-                  "steps": of, "loss": loss, "accuracy": accuracy})  # fmt: skip
-
-        def eval_event(
-            step: int, seconds: float, epoch: int = epoch, base: float = elapsed
-        ) -> None:
-            if on_eval is not None and world.is_main:
-                on_eval(_averaged(run.model, run.average), epoch + step / steps_per_epoch,
-                        base + seconds)  # fmt: skip
-
-        def save_progress(progress: EpochProgress, epoch: int = epoch) -> None:
-            if world.is_main:
-                run.progress = progress
-                _save_state(out_dir / checkpoint.STATE_FILE, run, settings)
-                emit({"event": "checkpoint", "epoch": epoch + 1, "step": progress.step})
-
+        hooks = _epoch_hooks(
+            run, config, epoch, steps, steps_per_epoch, out_dir, settings, emit, on_eval, world
+        )
         result = train_one_epoch(
-            trained, run.optimizer, run.scheduler, splits.train, config, run.generator,
-            steps=steps, average=run.average, on_step=step_event, on_eval=eval_event,
-            eval_steps=eval_steps, world=world,
-            augment_steps=augment_until - epoch * steps_per_epoch, progress=run.progress,
-            on_checkpoint=save_progress,
-            checkpoint_steps=checkpoint_steps(config, epoch, steps, steps_per_epoch),
-        )  # fmt: skip
+            trained,
+            run.optimizer,
+            run.scheduler,
+            splits.train,
+            config,
+            run.generator,
+            steps=steps,
+            average=run.average,
+            hooks=hooks,
+            world=world,
+            augment_steps=augment_until - epoch * steps_per_epoch,
+            progress=run.progress,
+        )
         run.epoch, run.progress = epoch + 1, None
         if world.is_main:  # rank 0 alone validates and writes; the others go on
             _end_epoch(run, result, splits, out_dir, settings, emit)
 
     if not world.is_main:
         return run.model, run.history, 1.0
+    return _final_model(run, config, splits)
+
+
+def _epoch_hooks(
+    run: Training,
+    config: TrainConfig,
+    epoch: int,
+    steps: int,
+    steps_per_epoch: int,
+    out_dir: Path,
+    settings: dict[str, Any],
+    emit: Progress,
+    on_eval: Callable[[nn.Module, float, float], None] | None,
+    world: World,
+) -> EpochHooks:
+    """Progress events, `on_eval` calls and mid-epoch saves for epoch `epoch` (0-based)."""
+    epochs = math.ceil(config.epochs)
+    evals = max(1, config.evals_per_epoch)
+    elapsed = sum(h["train_seconds"] for h in run.history)
+
+    def step_event(step: int, of: int, loss: float, accuracy: float) -> None:
+        emit(
+            {
+                "event": "step",
+                "epoch": epoch + 1,
+                "epochs": epochs,
+                "step": step,
+                "steps": of,
+                "loss": loss,
+                "accuracy": accuracy,
+            }
+        )
+
+    def eval_event(step: int, seconds: float) -> None:
+        if on_eval is not None and world.is_main:
+            model = _averaged(run.model, run.average)
+            on_eval(model, epoch + step / steps_per_epoch, elapsed + seconds)
+
+    def save_progress(progress: EpochProgress) -> None:
+        if world.is_main:
+            run.progress = progress
+            _save_state(out_dir / checkpoint.STATE_FILE, run, settings)
+            emit({"event": "checkpoint", "epoch": epoch + 1, "step": progress.step})
+
+    return EpochHooks(
+        on_step=step_event,
+        on_eval=eval_event,
+        eval_steps=frozenset(round(steps * (i + 1) / evals) for i in range(evals)),
+        on_checkpoint=save_progress,
+        checkpoint_steps=checkpoint_steps(config, epoch, steps, steps_per_epoch),
+    )
+
+
+def _final_model(
+    run: Training, config: TrainConfig, splits: Splits
+) -> tuple[nn.Module, list[dict[str, Any]], float]:
+    """(the best weights in a fresh model, the history, the temperature fitted on validation)."""
     final = create_model(config.model, **config.model_args).to(config.device)
     final.load_state_dict(run.best_state if run.best_state is not None else run.model.state_dict())
     final.eval()
     temperature = 1.0
     if config.calibrate:
-        temperature = fit_temperature(predict_logits(final, splits.validation.images),
-                                      splits.validation.labels)  # fmt: skip
+        logits = predict_logits(final, splits.validation.images)
+        temperature = fit_temperature(logits, splits.validation.labels)
     return final, run.history, temperature
 
 
@@ -634,9 +785,13 @@ def _start_training(config: TrainConfig, total_steps: int, steps_per_epoch: int)
 
 
 def _end_epoch(
-    run: Training, result: dict[str, float], splits: Splits, out_dir: Path,
-    settings: dict[str, Any], emit: Progress,
-) -> None:  # fmt: skip
+    run: Training,
+    result: dict[str, float],
+    splits: Splits,
+    out_dir: Path,
+    settings: dict[str, Any],
+    emit: Progress,
+) -> None:
     """Validate, keep the best weights, save the state and the history, report the epoch."""
     current = _averaged(run.model, run.average)
     validation = evaluate_split(current, splits.validation)
@@ -713,8 +868,10 @@ def _restore_training(
     """Load the state at `path` into `run`, after checking it continues this very training."""
     tensors, state = checkpoint.load_state(path)
     _check_same_training(path, state, config, splits)
-    part = {prefix: {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-            for prefix in ("model.", "ema.", "best.")}  # fmt: skip
+    part = {
+        prefix: {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        for prefix in ("model.", "ema.", "best.")
+    }
     run.model.load_state_dict(part["model."])
     run.optimizer.load_state_dict(checkpoint.unflatten_optimizer(tensors, state["optimizer"]))
     _match_parameter_layout(run.optimizer)
@@ -772,9 +929,11 @@ def resume_settings(
     _, state = checkpoint.load_state(Path(run_dir) / checkpoint.STATE_FILE)
     config = train_config_from_dict(state["config"])
     data_saved = state.get("data") or {}
-    given = {"recipe": (recipe_name, state.get("recipe_name")),
-             "dataset": (dataset, data_saved.get("dataset")),
-             "subset": (subset, data_saved.get("subset"))}  # fmt: skip
+    given = {
+        "recipe": (recipe_name, state.get("recipe_name")),
+        "dataset": (dataset, data_saved.get("dataset")),
+        "subset": (subset, data_saved.get("subset")),
+    }
     for name, value in config_values.items():
         if name not in RESUME_MAY_CHANGE:
             given[name] = (value, getattr(config, name))
@@ -795,9 +954,15 @@ def resume_settings(
 
 
 def _fit_ensemble(
-    config: TrainConfig, splits: Splits, out_dir: Path, recipe_name: str | None,
-    emit: Progress, resume: bool, world: World = SINGLE_PROCESS, parallel_members: bool = False,
-) -> RunResult:  # fmt: skip
+    config: TrainConfig,
+    splits: Splits,
+    out_dir: Path,
+    recipe_name: str | None,
+    emit: Progress,
+    resume: bool,
+    world: World = SINGLE_PROCESS,
+    parallel_members: bool = False,
+) -> RunResult:
     """Members one after another, each data-parallel over `world`; or, with `parallel_members`
     on several processes, one member per process: rank r trains members r, r + N, ... alone and
     writes their directories, then rank 0 assembles the vote from those directories (on several
@@ -805,15 +970,7 @@ def _fit_ensemble(
     from digitrec.models import Ensemble
 
     _ensemble_state(out_dir, config, splits, recipe_name, resume, world)
-    member_configs = []
-    kernels = config.member_kernels or (None,) * config.members
-    for index in range(config.members):
-        args = dict(config.model_args)
-        if kernels[index % len(kernels)] is not None:
-            args["kernel_size"] = kernels[index % len(kernels)]
-        member_configs.append(dataclasses.replace(
-            config, members=1, member_kernels=(), model_args=args, seed=config.seed * 100 + index
-        ))  # fmt: skip
+    member_configs = _member_configs(config)
     parallel = parallel_members and world.is_distributed
     if parallel:
         for index in range(world.rank, config.members, world.world_size):
@@ -825,34 +982,90 @@ def _fit_ensemble(
         if not world.is_main:
             return RunResult(out_dir, {}, [], None)
 
-    members, specs, history = [], [], []
-    for index, member_config in enumerate(member_configs):
-        args = member_config.model_args
-        emit({"event": "member", "index": index + 1, "of": config.members, "model_args": args})
-        member_dir = out_dir / "members" / str(index)
-        if (parallel or resume) and (member_dir / checkpoint.WEIGHTS_FILE).is_file():
-            if not world.is_main:
-                continue
-            model, card, member_history = _load_member(member_dir, config.device)
-        else:
-            member_resume = resume and (member_dir / checkpoint.STATE_FILE).is_file()
-            result = fit(member_config, splits, member_dir, recipe_name, emit, member_resume,
-                         world=world)  # fmt: skip
-            if not world.is_main:
-                continue
-            model, card, member_history = result.model, result.card, result.history
-        members.append(model)
-        specs.append({"model": card["model"], "model_args": card["model_args"],
-                      "temperature": card["temperature"]})  # fmt: skip
-        history.extend({**h, "member": index + 1} for h in member_history)
+    members, specs, history = _ensemble_members(
+        member_configs, splits, out_dir, recipe_name, emit, resume, world, parallel
+    )
     if not world.is_main:
         return RunResult(out_dir, {}, [], None)
     ensemble = Ensemble(members, [s["temperature"] for s in specs])
     ensemble.eval()
+    metrics = _ensemble_metrics(ensemble, members, specs, splits, history)
+    card = model_card(config, splits, ensemble, metrics, recipe_name, 1.0, members=specs)
+    card = checkpoint.save_run(out_dir, ensemble.state_dict(), card)
+    checkpoint.write_json(out_dir / checkpoint.HISTORY_FILE, history)
+    emit({"event": "done", "metrics": metrics})
+    return RunResult(out_dir, card, history, ensemble)
+
+
+def _member_configs(config: TrainConfig) -> list[TrainConfig]:
+    """Each member's own config: its seed and, with `member_kernels`, its kernel size."""
+    member_configs = []
+    kernels = config.member_kernels or (None,) * config.members
+    for index in range(config.members):
+        args = dict(config.model_args)
+        if kernels[index % len(kernels)] is not None:
+            args["kernel_size"] = kernels[index % len(kernels)]
+        seed = config.seed * 100 + index
+        member_configs.append(
+            dataclasses.replace(config, members=1, member_kernels=(), model_args=args, seed=seed)
+        )
+    return member_configs
+
+
+def _ensemble_members(
+    member_configs: list[TrainConfig],
+    splits: Splits,
+    out_dir: Path,
+    recipe_name: str | None,
+    emit: Progress,
+    resume: bool,
+    world: World,
+    parallel: bool,
+) -> tuple[list[nn.Module], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(models, specs, joint history) of the members, trained here or loaded when finished."""
+    members, specs, history = [], [], []
+    for index, member_config in enumerate(member_configs):
+        args = member_config.model_args
+        emit({"event": "member", "index": index + 1, "of": len(member_configs), "model_args": args})
+        member_dir = out_dir / "members" / str(index)
+        if (parallel or resume) and (member_dir / checkpoint.WEIGHTS_FILE).is_file():
+            if not world.is_main:
+                continue
+            model, card, member_history = _load_member(member_dir, member_config.device)
+        else:
+            member_resume = resume and (member_dir / checkpoint.STATE_FILE).is_file()
+            result = fit(
+                member_config, splits, member_dir, recipe_name, emit, member_resume, world=world
+            )
+            if not world.is_main:
+                continue
+            model, card, member_history = result.model, result.card, result.history
+        members.append(model)
+        specs.append(
+            {
+                "model": card["model"],
+                "model_args": card["model_args"],
+                "temperature": card["temperature"],
+            }
+        )
+        history.extend({**h, "member": index + 1} for h in member_history)
+    return members, specs, history
+
+
+def _ensemble_metrics(
+    ensemble: nn.Module,
+    members: list[nn.Module],
+    specs: list[dict[str, Any]],
+    splits: Splits,
+    history: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The vote's accuracy on each split and every member's own test accuracy."""
     test = evaluate_split(ensemble, splits.test)
     validation = evaluate_split(ensemble, splits.validation)
-    train = evaluate_split(ensemble, Split(splits.train.images[:10000], splits.train.labels[:10000]))
-    metrics = {
+    train = evaluate_split(
+        ensemble, Split(splits.train.images[:10000], splits.train.labels[:10000])
+    )
+    return {
         "train_accuracy": train["accuracy"],
         "validation_accuracy": validation["accuracy"],
         "test_accuracy": test["accuracy"],
@@ -861,27 +1074,29 @@ def _fit_ensemble(
         "member_test_accuracy": [
             evaluate_split(m, splits.test, s["temperature"])["accuracy"]
             for m, s in zip(members, specs, strict=True)
-        ],  # fmt: skip
+        ],
     }
-    card = model_card(config, splits, ensemble, metrics, recipe_name, 1.0, members=specs)
-    card = checkpoint.save_run(out_dir, ensemble.state_dict(), card)
-    checkpoint.write_json(out_dir / checkpoint.HISTORY_FILE, history)
-    emit({"event": "done", "metrics": metrics})
-    return RunResult(out_dir, card, history, ensemble)
 
 
 def _ensemble_state(
-    out_dir: Path, config: TrainConfig, splits: Splits, recipe_name: str | None, resume: bool,
+    out_dir: Path,
+    config: TrainConfig,
+    splits: Splits,
+    recipe_name: str | None,
+    resume: bool,
     world: World,
-) -> None:  # fmt: skip
+) -> None:
     """An ensemble's own `last.safetensors`: no tensors (each member keeps its training state in
     members/N), only what `--resume` reads back and checks, written before any member trains."""
     path = out_dir / checkpoint.STATE_FILE
     if resume:
         _check_same_training(path, checkpoint.load_state(path)[1], config, splits)
     elif world.is_main:
-        settings = {"config": to_dict(config), "data": data_settings(splits),
-                    "recipe_name": recipe_name}  # fmt: skip
+        settings = {
+            "config": to_dict(config),
+            "data": data_settings(splits),
+            "recipe_name": recipe_name,
+        }
         checkpoint.save_state(path, {}, settings)
 
 
