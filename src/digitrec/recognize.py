@@ -170,7 +170,7 @@ class OnnxBackend:
         options.intra_op_num_threads = threads or available_cores()
         options.inter_op_num_threads = 1
         # Idle threads sleep instead of spinning: on a CPU shared with other work (a server, a
-        # laptop) spinning threads fight for the cores; measured 1.6x faster at batch 1024.
+        # laptop) spinning threads fight for the cores (README: Performance).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3  # errors only: no warnings about unused initializers
         return options
