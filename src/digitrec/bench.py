@@ -84,8 +84,13 @@ def bench_recipe(
     max_epochs: float | None = None,
 ) -> dict[str, Any]:
     """Train one recipe with one seed; return its curve and the times to 99.0% and 99.5%."""
-    config = recipe(name, seed=seed, device=device, calibrate=False,
-                    evals_per_epoch=EVALS_PER_EPOCH.get(name, 1))  # fmt: skip
+    config = recipe(
+        name,
+        seed=seed,
+        device=device,
+        calibrate=False,
+        evals_per_epoch=EVALS_PER_EPOCH.get(name, 1),
+    )
     if max_epochs is not None:
         config = dataclasses.replace(config, epochs=min(config.epochs, max_epochs))
     curve: list[list[float]] = []
@@ -104,8 +109,13 @@ def bench_recipe(
             result = None
     if not curve and result is not None:  # an ensemble: only the vote of the finished members
         metrics = result.card["metrics"]
-        curve.append([round(metrics["train_seconds"], 3), round(metrics["test_accuracy"], 5),
-                      float(config.epochs)])  # fmt: skip
+        curve.append(
+            [
+                round(metrics["train_seconds"], 3),
+                round(metrics["test_accuracy"], 5),
+                float(config.epochs),
+            ]
+        )
     run: dict[str, Any] = {"seed": seed, "curve": curve}
     for key, threshold in THRESHOLDS.items():
         run[key] = time_to(curve, threshold)
@@ -180,8 +190,15 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         for accuracy, seconds in TARGETS.get(name, ()):
             times = [time_to(run["curve"], accuracy) for run in entry["seeds"]]
             met = bool(times) and all(t is not None and t <= seconds for t in times)
-            results.append({"recipe": name, "accuracy": accuracy, "seconds": seconds,
-                            "times": times, "met": met})  # fmt: skip
+            results.append(
+                {
+                    "recipe": name,
+                    "accuracy": accuracy,
+                    "seconds": seconds,
+                    "times": times,
+                    "met": met,
+                }
+            )
     return results
 
 
@@ -190,9 +207,13 @@ def gpu_comparison(report: dict[str, Any]) -> dict[str, Any] | None:
     entry = report["recipes"].get("fast")
     if entry is None or not report.get("device", "cpu").startswith("cuda"):
         return None
-    return {"recipe": "fast", "gpu": report["machine"].get("cuda"),
-            "time_to_99_0_s": entry["time_to_99_0_s"],
-            "final_test_accuracy": entry["final_test_accuracy"], "record": GPU_RECORD}  # fmt: skip
+    return {
+        "recipe": "fast",
+        "gpu": report["machine"].get("cuda"),
+        "time_to_99_0_s": entry["time_to_99_0_s"],
+        "final_test_accuracy": entry["final_test_accuracy"],
+        "record": GPU_RECORD,
+    }
 
 
 def gpu_line(comparison: dict[str, Any]) -> str:
@@ -210,11 +231,14 @@ def targets_table(report: dict[str, Any]) -> str:
     lines = []
     for target in report.get("targets", []):
         reached = [t for t in target["times"] if t is not None]
-        how = (f"{len(reached)} of {len(target['times'])} seeds reached it"
-               + (f", in {min(reached):.1f}-{max(reached):.1f}s" if reached else ""))  # fmt: skip
+        how = f"{len(reached)} of {len(target['times'])} seeds reached it" + (
+            f", in {min(reached):.1f}-{max(reached):.1f}s" if reached else ""
+        )
         verdict = "met" if target["met"] else "MISSED"
-        lines.append(f"target {target['recipe']} {target['accuracy']:.2%} within "
-                     f"{target['seconds']:g}s: {verdict} ({how})")  # fmt: skip
+        lines.append(
+            f"target {target['recipe']} {target['accuracy']:.2%} within "
+            f"{target['seconds']:g}s: {verdict} ({how})"
+        )
     return "\n".join(lines)
 
 
@@ -276,9 +300,15 @@ def plot(report: dict[str, Any], path: str | os.PathLike) -> Path:
             if not run["curve"]:
                 continue
             seconds, accuracy = zip(*[(s, a) for s, a, *_ in run["curve"]], strict=True)
-            ax.plot(seconds, [100 * a for a in accuracy], marker="o", markersize=3,
-                    color=colours[index % len(colours)], alpha=1.0 if run_index == 0 else 0.4,
-                    label=name if run_index == 0 else None)  # fmt: skip
+            ax.plot(
+                seconds,
+                [100 * a for a in accuracy],
+                marker="o",
+                markersize=3,
+                color=colours[index % len(colours)],
+                alpha=1.0 if run_index == 0 else 0.4,
+                label=name if run_index == 0 else None,
+            )
     for accuracy in (99.0, 99.5):
         ax.axhline(accuracy, color="grey", linewidth=0.8, linestyle="--")
     ax.set_xscale("log")
@@ -292,14 +322,35 @@ def plot(report: dict[str, Any], path: str | os.PathLike) -> Path:
 
 
 def train_on_processes(
-    name: str, nproc: int, threads: int, seed: int, subset: int | None = None,
-    epochs: float | None = None, data_dir: str | None = None,
-) -> dict[str, Any]:  # fmt: skip
+    name: str,
+    nproc: int,
+    threads: int,
+    seed: int,
+    subset: int | None = None,
+    epochs: float | None = None,
+    data_dir: str | None = None,
+) -> dict[str, Any]:
     """One `torchrun --standalone --nproc_per_node N -m digitrec train` run: its epoch times."""
     with tempfile.TemporaryDirectory() as run_dir:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                   "--nproc_per_node", str(nproc), "-m", "digitrec", "train", "--recipe", name,
-                   "--seed", str(seed), "--threads", str(threads), "--out", run_dir]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(nproc),
+            "-m",
+            "digitrec",
+            "train",
+            "--recipe",
+            name,
+            "--seed",
+            str(seed),
+            "--threads",
+            str(threads),
+            "--out",
+            run_dir,
+        ]
         for flag, value in (("--subset", subset), ("--epochs", epochs), ("--data-dir", data_dir)):
             if value is not None:
                 command += [flag, str(value)]
@@ -321,10 +372,15 @@ def train_on_processes(
 
 
 def scaling(
-    name: str, nprocs: Sequence[int], seeds: int = 3, subset: int | None = None,
-    max_epochs: float | None = None, data_dir: str | None = None, cores: int | None = None,
+    name: str,
+    nprocs: Sequence[int],
+    seeds: int = 3,
+    subset: int | None = None,
+    max_epochs: float | None = None,
+    data_dir: str | None = None,
+    cores: int | None = None,
     on_result: Callable[[int, dict[str, Any]], None] | None = None,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Seconds per epoch of recipe `name` on each number of processes, with speed-up and
     efficiency against the first: efficiency = speed-up / (cores used / cores used by the first),
     so on a fixed machine, where every setting uses all cores, it equals the speed-up."""
@@ -351,15 +407,22 @@ def scaling(
         speedup = base["seconds_per_epoch"] / entry["seconds_per_epoch"]
         entry["speedup"] = round(speedup, 3)
         entry["efficiency"] = round(speedup * base["cores_used"] / entry["cores_used"], 3)
-    return {"recipe": name, "cores": cores, "subset": subset, "epochs": epochs,
-            "processes": entries}  # fmt: skip
+    return {
+        "recipe": name,
+        "cores": cores,
+        "subset": subset,
+        "epochs": epochs,
+        "processes": entries,
+    }
 
 
 def scaling_table(report: dict[str, Any]) -> str:
     """The scaling benchmark as a plain-text table."""
-    lines = [f"{report['recipe']} recipe on {report['cores']} cores (median over seeds)",
-             f"{'processes':>9s} {'threads':>8s} {'s/epoch':>8s} {'speed-up':>9s} "
-             f"{'efficiency':>10s} {'test acc':>9s}"]  # fmt: skip
+    lines = [
+        f"{report['recipe']} recipe on {report['cores']} cores (median over seeds)",
+        f"{'processes':>9s} {'threads':>8s} {'s/epoch':>8s} {'speed-up':>9s} "
+        f"{'efficiency':>10s} {'test acc':>9s}",
+    ]
     for entry in report["processes"].values():
         lines.append(
             f"{entry['processes']:>9d} {entry['threads_per_process']:>8d} "

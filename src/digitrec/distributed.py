@@ -177,8 +177,9 @@ class _GlobalBatchNormFunction(torch.autograd.Function):
         mean, variance = torch.batch_norm_update_stats(x.float(), None, None, 0.0)
         count = x.numel() // x.shape[1]
         # (3, C) in float64: count, sum and sum of squares, so that combining is exact enough.
-        stats = torch.stack([torch.full_like(mean, count), mean * count,
-                             (variance + mean * mean) * count]).double()  # fmt: skip
+        stats = torch.stack(
+            [torch.full_like(mean, count), mean * count, (variance + mean * mean) * count]
+        ).double()
         dist.all_reduce(stats)
         n = stats[0]
         mean = stats[1] / n
@@ -243,9 +244,12 @@ def sync_batch_norm(model: nn.Module, device: str) -> nn.Module:
     for name, child in model.named_children():
         if isinstance(child, nn.modules.batchnorm._BatchNorm):
             replacement = GlobalBatchNorm(
-                child.num_features, child.eps, child.momentum, child.affine,
+                child.num_features,
+                child.eps,
+                child.momentum,
+                child.affine,
                 child.track_running_stats,
-            )  # fmt: skip
+            )
             # The same Parameter and buffer objects, so an optimizer built before still holds them.
             if child.affine:
                 replacement.weight, replacement.bias = child.weight, child.bias

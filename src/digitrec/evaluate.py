@@ -69,8 +69,11 @@ def fit_verdict(train_accuracy: float, validation_accuracy: float, test_accuracy
 
 def evaluate_run(model: Any, splits: Splits, train_sample: int = 10000) -> dict[str, Any]:
     """Loss and accuracy on train (a fixed sample, in eval mode), validation and test."""
-    train = dataclasses.replace(splits.train, images=splits.train.images[:train_sample],
-                                labels=splits.train.labels[:train_sample])  # fmt: skip
+    train = dataclasses.replace(
+        splits.train,
+        images=splits.train.images[:train_sample],
+        labels=splits.train.labels[:train_sample],
+    )
     results = {
         "train": evaluate_split(model, train),
         "validation": evaluate_split(model, splits.validation),

@@ -57,9 +57,11 @@ def preview(images: np.ndarray, labels: np.ndarray, classes: Sequence[str], path
     """20 random training digits with their labels."""
     index = np.random.default_rng(seed).choice(len(images), size=20, replace=False)
     return digit_grid(
-        [images[i] for i in index], [f"label {classes[labels[i]]}" for i in index], path,
+        [images[i] for i in index],
+        [f"label {classes[labels[i]]}" for i in index],
+        path,
         suptitle="20 random training digits",
-    )  # fmt: skip
+    )
 
 
 def recognition_plot(
@@ -69,9 +71,12 @@ def recognition_plot(
     columns = min(5, max(1, len(originals)))
     blank = np.zeros((28, 28))
     return digit_grid(
-        [o if o is not None else blank for o in originals], titles, path, columns=columns,
+        [o if o is not None else blank for o in originals],
+        titles,
+        path,
+        columns=columns,
         cmap="gray",
-    )  # fmt: skip
+    )
 
 
 # Report and explanation figures. One colour per role, everywhere: training in blue, validation
@@ -158,12 +163,27 @@ def reliability_diagram(
     width = np.diff(bin_edges)
     left = bin_edges[:-1]
     filled = bin_counts > 0
-    ax.bar(left[filled], bin_accuracy[filled], width[filled], align="edge", color=TRAIN_COLOUR,
-           edgecolor="white", label="accuracy in bin")  # fmt: skip
+    ax.bar(
+        left[filled],
+        bin_accuracy[filled],
+        width[filled],
+        align="edge",
+        color=TRAIN_COLOUR,
+        edgecolor="white",
+        label="accuracy in bin",
+    )
     gap_bottom = np.minimum(bin_accuracy, bin_confidence)[filled]
     gap = np.abs(bin_accuracy - bin_confidence)[filled]
-    ax.bar(left[filled], gap, width[filled], bottom=gap_bottom, align="edge", color=ANSWER_COLOUR,
-           alpha=0.35, label="gap to confidence")  # fmt: skip
+    ax.bar(
+        left[filled],
+        gap,
+        width[filled],
+        bottom=gap_bottom,
+        align="edge",
+        color=ANSWER_COLOUR,
+        alpha=0.35,
+        label="gap to confidence",
+    )
     ax.plot([0, 1], [0, 1], "--", color=OTHER_COLOUR, label="perfect calibration")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1)
@@ -219,9 +239,16 @@ def map_grid(
     if labels is not None:
         for index, label in enumerate(labels[:count]):
             row, column = divmod(index, columns)
-            ax.text(column * (width + gap), row * (height + gap), label, fontsize=6,
-                    color="white", va="top", ha="left",
-                    bbox={"facecolor": "black", "alpha": 0.5, "pad": 0.5, "lw": 0})  # fmt: skip
+            ax.text(
+                column * (width + gap),
+                row * (height + gap),
+                label,
+                fontsize=6,
+                color="white",
+                va="top",
+                ha="left",
+                bbox={"facecolor": "black", "alpha": 0.5, "pad": 0.5, "lw": 0},
+            )
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title, fontsize=10)
@@ -241,8 +268,9 @@ def softmax_chart(
     score_ax.bar(positions, scores, color=colours)
     score_ax.axhline(0, color="black", lw=0.6)
     for x, value in zip(positions, scores, strict=True):
-        score_ax.text(x, value, f"{value:.1f}", ha="center", fontsize=7,
-                      va="bottom" if value >= 0 else "top")  # fmt: skip
+        score_ax.text(
+            x, value, f"{value:.1f}", ha="center", fontsize=7, va="bottom" if value >= 0 else "top"
+        )
     score_ax.set_title("raw scores (output layer, before softmax)")
     score_ax.set_ylabel("score")
     probability_ax.bar(positions, probabilities, color=colours)

@@ -866,8 +866,10 @@ def _date_like(slashes: list[int], digits: list[int], boxes: np.ndarray) -> list
     centres = boxes[:, 0] + boxes[:, 2] / 2
     edges = [-np.inf, *sorted(centres[slashes]), np.inf]
     digit_centres = centres[digits]
-    groups = [int(((digit_centres > left) & (digit_centres < right)).sum())
-              for left, right in zip(edges[:-1], edges[1:], strict=True)]  # fmt: skip
+    groups = [
+        int(((digit_centres > left) & (digit_centres < right)).sum())
+        for left, right in zip(edges[:-1], edges[1:], strict=True)
+    ]
     if all(count in (1, 2) for count in groups[:-1]) and groups[-1] in (1, 2, 4):
         return slashes
     return []

@@ -169,9 +169,11 @@ class WideCNN(nn.Module):
     at twice its width for the same training time)."""
 
     def __init__(
-        self, widths: tuple[int, int, int] = (48, 96, 192), dropout: float = 0.2,
+        self,
+        widths: tuple[int, int, int] = (48, 96, 192),
+        dropout: float = 0.2,
         num_classes: int = 10,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__()
         c1, c2, c3 = widths
         self.standardize = Standardize()
@@ -210,9 +212,10 @@ class KernelNet(nn.Module):
             channels, size, index = out, size - (kernel_size - 1), index + 1
         self.features = nn.Sequential(*layers)  # (N, channels, size, size)
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(channels * size * size, num_classes, bias=False),
+            nn.Flatten(),
+            nn.Linear(channels * size * size, num_classes, bias=False),
             nn.BatchNorm1d(num_classes),
-        )  # fmt: skip
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.standardize(x)

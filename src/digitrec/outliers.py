@@ -28,8 +28,14 @@ from digitrec.preprocess import Digit, to_mnist
 # Written letters and symbols that are not read as digits by a person either.
 GLYPHS = "ACEFHKMNPRUVWXYacdefhkmnprtuvwxy#@*+%?&$=<>~{}"
 # How the outliers are split between the sources.
-SHARES = {"fashion": 0.2, "glyphs": 0.25, "shapes": 0.1, "fragments": 0.1, "merged": 0.1,
-          "cuts": 0.25}  # fmt: skip
+SHARES = {
+    "fashion": 0.2,
+    "glyphs": 0.25,
+    "shapes": 0.1,
+    "fragments": 0.1,
+    "merged": 0.1,
+    "cuts": 0.25,
+}
 # A proposed piece is a wrong cut when less than this share of its ink is one digit's, or when
 # it holds less than this share of that digit's ink.
 WRONG_CUT = 0.6
@@ -72,13 +78,23 @@ def glyph(rng: np.random.Generator, size: int = 64) -> np.ndarray:
     picture = Image.new("L", (size, size), 0)
     draw = ImageDraw.Draw(picture)
     stroke = int(rng.integers(0, 3))
-    draw.text((size / 2, size / 2), character, fill=255, font=font, anchor="mm",
-              stroke_width=stroke, stroke_fill=255)  # fmt: skip
+    draw.text(
+        (size / 2, size / 2),
+        character,
+        fill=255,
+        font=font,
+        anchor="mm",
+        stroke_width=stroke,
+        stroke_fill=255,
+    )
     slant = float(rng.uniform(-0.3, 0.3))
     angle = float(rng.uniform(-12.0, 12.0))
-    picture = picture.transform(picture.size, Image.Transform.AFFINE,
-                                (1, slant, -slant * size / 2, 0, 1, 0),
-                                resample=Image.Resampling.BILINEAR)  # fmt: skip
+    picture = picture.transform(
+        picture.size,
+        Image.Transform.AFFINE,
+        (1, slant, -slant * size / 2, 0, 1, 0),
+        resample=Image.Resampling.BILINEAR,
+    )
     picture = picture.rotate(angle, resample=Image.Resampling.BILINEAR)
     return _normalise(np.asarray(picture, dtype=np.float32) / 255.0)
 
@@ -109,10 +125,12 @@ def shape(rng: np.random.Generator, size: int = 64) -> np.ndarray:
     else:  # face: a circle, two eyes, a mouth
         face = np.linspace(0, 2 * np.pi, 40)
         mouth = np.linspace(0.2 * np.pi, 0.8 * np.pi, 12)
-        points = [np.stack([np.cos(face), np.sin(face)], 1) * radius + centre,
-                  np.stack([np.cos(mouth), np.sin(mouth)], 1) * radius * 0.55 + centre,
-                  np.array([[-0.35, -0.3], [-0.33, -0.25]]) * radius + centre,
-                  np.array([[0.35, -0.3], [0.33, -0.25]]) * radius + centre]  # fmt: skip
+        points = [
+            np.stack([np.cos(face), np.sin(face)], 1) * radius + centre,
+            np.stack([np.cos(mouth), np.sin(mouth)], 1) * radius * 0.55 + centre,
+            np.array([[-0.35, -0.3], [-0.33, -0.25]]) * radius + centre,
+            np.array([[0.35, -0.3], [0.33, -0.25]]) * radius + centre,
+        ]
     turn = rng.uniform(-np.pi, np.pi)
     rotation = np.array([[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]])
     points = [(stroke - centre) @ rotation.T + centre for stroke in points]
@@ -161,8 +179,11 @@ def wrong_cuts(count: int, digits: np.ndarray, rng: np.random.Generator) -> list
         blob = Digit(np.zeros((28, 28), np.float32), (0, 0, ink.shape[1], ink.shape[0]), ink=ink)
         proposed = sorted({span for path in segment.segmentations(ink) for span in path})
         # A thin slice of any stroke is a fair 1 and stays one: only wider pieces are wrong.
-        wrong = [span for span in proposed if _is_wrong_cut(layers, span)
-                 and span[1] - span[0] >= THIN_PIECE * ink.shape[0]]  # fmt: skip
+        wrong = [
+            span
+            for span in proposed
+            if _is_wrong_cut(layers, span) and span[1] - span[0] >= THIN_PIECE * ink.shape[0]
+        ]
         for index in rng.permutation(len(wrong))[: min(4, count - len(pieces))]:
             pieces.append(segment.piece(blob, wrong[index])[0])
     return pieces
@@ -203,6 +224,10 @@ def _normalise(ink: np.ndarray) -> np.ndarray:
     columns = np.flatnonzero(ink.max(axis=0) > 0.1)
     if rows.size == 0:
         return np.zeros((28, 28), dtype=np.float32)
-    box = (int(columns[0]), int(rows[0]), int(columns[-1] - columns[0] + 1),
-           int(rows[-1] - rows[0] + 1))  # fmt: skip
+    box = (
+        int(columns[0]),
+        int(rows[0]),
+        int(columns[-1] - columns[0] + 1),
+        int(rows[-1] - rows[0] + 1),
+    )
     return to_mnist(ink, box)

@@ -97,8 +97,12 @@ class ImageResult:
         digits = [d for d in self.digits if not d.not_digit]
         marks = len(self.digits) - len(digits)
         if not digits:
-            found = f" ({marks} mark{'s' * (marks != 1)} that {'is' if marks == 1 else 'are'} " \
-                    "not a digit)" if marks else ""  # fmt: skip
+            found = (
+                f" ({marks} mark{'s' * (marks != 1)} that {'is' if marks == 1 else 'are'} "
+                "not a digit)"
+                if marks
+                else ""
+            )
             return f"{name}: no digit found{found}"
         least = min(d.confidence for d in digits)
         flag = ", uncertain" if any(d.uncertain for d in digits) else ""
@@ -106,8 +110,10 @@ class ImageResult:
             article = "an" if digits[0].digit == 8 else "a"
             sentence = f"{name}: The number is probably {article} {self.number} ({least:.1%}{flag})"
         else:
-            sentence = (f"{name}: The number is probably {self.number} "
-                        f"(every digit at least {least:.1%} sure{flag})")  # fmt: skip
+            sentence = (
+                f"{name}: The number is probably {self.number} "
+                f"(every digit at least {least:.1%} sure{flag})"
+            )
         rest = [line.text for line in self.lines if line.text][1:]
         return "\n".join([sentence, *(f"    next line: {text}" for text in rest)])
 
@@ -465,10 +471,12 @@ def _resolve(
             readings.append([_digit_result(digit.image, digit.box, probs, digit.line)])
             continue
         index = {span: i for i, span in enumerate(cut.spans)}
-        readings.append([
-            _digit_result(cut.crops[index[s]], cut.boxes[index[s]], own[index[s]], digit.line)
-            for s in best
-        ])  # fmt: skip
+        readings.append(
+            [
+                _digit_result(cut.crops[index[s]], cut.boxes[index[s]], own[index[s]], digit.line)
+                for s in best
+            ]
+        )
     return readings
 
 

@@ -70,9 +70,10 @@ def candidate_cuts(ink: np.ndarray) -> list[int]:
     smooth = np.convolve(profile, np.ones(3, np.float32) / 3, mode="same")
     margin = max(1, int(MIN_PIECE * height))
     minima = [
-        x for x in range(margin, width - margin)
+        x
+        for x in range(margin, width - margin)
         if smooth[x] <= smooth[x - 1] and smooth[x] <= smooth[x + 1]
-    ]  # fmt: skip
+    ]
     minima.sort(key=lambda x: smooth[x])
     cuts: list[int] = []
     digits = max(2, min(MAX_DIGITS, round(width / (0.6 * height))))

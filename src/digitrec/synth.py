@@ -1000,8 +1000,12 @@ def _render_separators(
     (page,), (dx, dy) = _framed([alpha], rng, height * 2 // 3, height * 2)
     left, top, right, bottom = _union(boxes)
     keep_clear = round(0.4 * height)
-    number = (left + dx - keep_clear, top + dy - keep_clear, right + dx + keep_clear,
-              bottom + dy + keep_clear)  # fmt: skip
+    number = (
+        left + dx - keep_clear,
+        top + dy - keep_clear,
+        right + dx + keep_clear,
+        bottom + dy + keep_clear,
+    )
     dirt = _specks(page.shape, number, rng) if rng.random() < 0.5 else np.zeros_like(page)
     paper = _ink_on(_paper(page.shape, rng), dirt, np.array([0.35, 0.3, 0.25]))
     page = _ink_on(paper, page, _pen_colour(rng))
@@ -1220,11 +1224,29 @@ _PAGE_RENDERERS = {
 
 # The bundled examples/ folder: one file per situation a user meets, each named after its answer.
 EXAMPLE_KINDS = (
-    "paper", "chalkboard", "photo", "canvas", "offcenter", "small",
-    "rotated", "row", "transparent", "formats", "formats", "blank",
-    "touching", "lined", "grid", "boxed", "circled", "underlined", "separators", "multiline",
-    "lowres", "notdigit",
-)  # fmt: skip
+    "paper",
+    "chalkboard",
+    "photo",
+    "canvas",
+    "offcenter",
+    "small",
+    "rotated",
+    "row",
+    "transparent",
+    "formats",
+    "formats",
+    "blank",
+    "touching",
+    "lined",
+    "grid",
+    "boxed",
+    "circled",
+    "underlined",
+    "separators",
+    "multiline",
+    "lowres",
+    "notdigit",
+)
 
 
 def write_examples(folder: str, seed: int = 2024) -> list[str]:
