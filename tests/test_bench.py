@@ -24,9 +24,18 @@ def small(mnist):
 
 
 @pytest.mark.parametrize(
-    "name", ["fast", "fast-long", "accurate", "ensemble", "robust", "article", "reference-pytorch",
-             "reference-keras"],
-)  # fmt: skip
+    "name",
+    [
+        "fast",
+        "fast-long",
+        "accurate",
+        "ensemble",
+        "robust",
+        "article",
+        "reference-pytorch",
+        "reference-keras",
+    ],
+)
 def test_every_recipe_runs_a_few_steps_and_learns(name, small, tmp_path):
     # Two passes over 1,200 images (38 steps): enough for the heavily augmented recipes too.
     config = recipe(name, epochs=2, batch_size=64)
@@ -50,9 +59,24 @@ def test_time_to_reads_the_curve():
 def test_benchmark_json_has_its_schema(mnist, data_cache, monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("XDG_CACHE_HOME", str(data_cache.parent))
     out, plot = tmp_path / "bench.json", tmp_path / "bench.png"
-    code = main(["bench", "train", "--recipes", "fast,reference-keras", "--seeds", "2",
-                 "--subset", "1000", "--max-epochs", "0.5", "--out", str(out),
-                 "--plot", str(plot)])  # fmt: skip
+    code = main(
+        [
+            "bench",
+            "train",
+            "--recipes",
+            "fast,reference-keras",
+            "--seeds",
+            "2",
+            "--subset",
+            "1000",
+            "--max-epochs",
+            "0.5",
+            "--out",
+            str(out),
+            "--plot",
+            str(plot),
+        ]
+    )
     assert code == 3  # half an epoch on 1,000 images: the fast recipe's targets are missed
     report = json.loads(out.read_text())
     assert {"machine", "recipes"} <= set(report)
@@ -84,8 +108,13 @@ def test_targets_need_every_seed_in_time():
 
     quick = [[1.0, 0.985, 0.25], [2.0, 0.991, 0.5], [9.0, 0.996, 2.0]]
     late = [[1.0, 0.985, 0.25], [3.0, 0.991, 0.5], [9.0, 0.996, 2.0]]
-    report = {"recipes": {"fast": entry(quick, quick), "fast-long": entry(quick),
-                          "reference-keras": entry(quick)}}  # fmt: skip
+    report = {
+        "recipes": {
+            "fast": entry(quick, quick),
+            "fast-long": entry(quick),
+            "reference-keras": entry(quick),
+        }
+    }
     assert [t["met"] for t in bench.targets(report)] == [True, True]
     report["recipes"]["fast"] = entry(quick, late)
     report["targets"] = first, second = bench.targets(report)
@@ -95,9 +124,17 @@ def test_targets_need_every_seed_in_time():
 
 def test_on_a_gpu_fast_is_set_beside_the_record_and_the_cpu_targets_do_not_apply():
     curve = [[0.4, 0.985, 0.25], [0.9, 0.9912, 0.5]]
-    report = {"device": "cuda", "machine": {"cuda": "Some GPU"},
-              "recipes": {"fast": {"seeds": [{"curve": curve}], "time_to_99_0_s": 0.9,
-                                   "final_test_accuracy": 0.9912}}}  # fmt: skip
+    report = {
+        "device": "cuda",
+        "machine": {"cuda": "Some GPU"},
+        "recipes": {
+            "fast": {
+                "seeds": [{"curve": curve}],
+                "time_to_99_0_s": 0.9,
+                "final_test_accuracy": 0.9912,
+            }
+        },
+    }
     assert bench.targets(report) == []
     comparison = bench.gpu_comparison(report)
     assert comparison["time_to_99_0_s"] == 0.9 and comparison["record"]["seconds"] == 0.76
@@ -112,8 +149,22 @@ def test_on_a_gpu_fast_is_set_beside_the_record_and_the_cpu_targets_do_not_apply
 def test_the_ensemble_benchmarks_its_vote(mnist, data_cache, monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(data_cache.parent))
     out = tmp_path / "bench.json"
-    code = main(["bench", "train", "--recipes", "ensemble", "--seeds", "1", "--subset", "600",
-                 "--max-epochs", "0.5", "--out", str(out)])  # fmt: skip
+    code = main(
+        [
+            "bench",
+            "train",
+            "--recipes",
+            "ensemble",
+            "--seeds",
+            "1",
+            "--subset",
+            "600",
+            "--max-epochs",
+            "0.5",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 3
     entry = json.loads(out.read_text())["recipes"]["ensemble"]
     ((seconds, accuracy, _),) = entry["curve"]

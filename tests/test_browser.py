@@ -112,8 +112,9 @@ def browser():
         chromium.close()
 
 
-@pytest.mark.parametrize(("path", "rendered"), [("/docs", ".swagger-ui .info .title"),
-                                                 ("/redoc", "h1")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("path", "rendered"), [("/docs", ".swagger-ui .info .title"), ("/redoc", "h1")]
+)
 def test_the_api_docs_render_with_no_request_leaving_the_server(browser, server, path, rendered):
     page = browser.new_page(viewport=VIEWPORT)
     page.set_default_timeout(15_000)

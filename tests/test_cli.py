@@ -99,8 +99,10 @@ def test_training_on_a_gpu_this_machine_lacks_is_a_one_line_error(
 ):
     monkeypatch.setenv("XDG_CACHE_HOME", str(data_cache.parent))
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
-    for command in (["train", "--out", str(tmp_path / "run")],
-                    ["bench", "train", "--out", str(tmp_path / "bench.json")]):  # fmt: skip
+    for command in (
+        ["train", "--out", str(tmp_path / "run")],
+        ["bench", "train", "--out", str(tmp_path / "bench.json")],
+    ):
         code = main([*command, "--device", "cuda", "--subset", "100"])
         err = capsys.readouterr().err
         assert code == 1
@@ -156,8 +158,9 @@ def test_evaluate_json_reports_three_splits_and_a_verdict(
     assert isinstance(results["verdict"], str) and results["verdict"]
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn", "fastcnn", "wide", "kernelnet", "pytorch-example",
-                                  "keras-convnet"])  # fmt: skip
+@pytest.mark.parametrize(
+    "name", ["mlp", "cnn", "fastcnn", "wide", "kernelnet", "pytorch-example", "keras-convnet"]
+)
 def test_every_registered_model_trains_through_the_model_option(
     name, mnist, data_cache, monkeypatch, tmp_path, capsys
 ):
@@ -200,9 +203,12 @@ def test_model_args_given_with_another_model_are_kept():
 
 @pytest.mark.parametrize(
     ("accuracies", "start"),
-    [((0.95, 0.95, 0.95), "underfitting"), ((1.0, 0.98, 0.98), "overfitting"),
-     ((0.995, 0.9926, 0.995), "good fit")],
-)  # fmt: skip
+    [
+        ((0.95, 0.95, 0.95), "underfitting"),
+        ((1.0, 0.98, 0.98), "overfitting"),
+        ((0.995, 0.9926, 0.995), "good fit"),
+    ],
+)
 def test_fit_verdict_branches_and_the_spread_it_quotes(accuracies, start):
     from digitrec.evaluate import fit_verdict
 

@@ -27,8 +27,15 @@ def torchrun(args: list[str], cwd: Path, data_cache: Path) -> subprocess.Complet
     """Two processes on this machine, as `torchrun --standalone --nproc_per_node 2 ARGS`."""
     env = {k: v for k, v in os.environ.items() if k != "DIGITREC_DATA"}
     env["XDG_CACHE_HOME"] = str(data_cache.parent)  # the MNIST the tests fetched
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc_per_node", "2", *args]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        *args,
+    ]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -58,8 +65,9 @@ def test_global_batch_norm_is_batch_norm_over_the_global_batch(tmp_path):
 
     # One rank: the global batch is the local one, so BatchNorm itself (in float64) is the oracle
     # for the statistics, the output and all three gradients.
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
-                            world_size=1)  # fmt: skip
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
     try:
         generator = torch.Generator().manual_seed(0)
         x = torch.randn((16, 8, 7, 7), generator=generator) * 3 + 1
@@ -103,8 +111,19 @@ SAME_MODEL_POINTS = 0.015
 def test_two_processes_learn_what_one_process_learns_and_rank_0_alone_writes(
     one_process, data_cache, tmp_path
 ):
-    args = ["-m", "digitrec", "train", "--recipe", "fast", "--subset", "2000", "--epochs", "2",
-            "--out", "run"]  # fmt: skip
+    args = [
+        "-m",
+        "digitrec",
+        "train",
+        "--recipe",
+        "fast",
+        "--subset",
+        "2000",
+        "--epochs",
+        "2",
+        "--out",
+        "run",
+    ]
     result = torchrun(args, tmp_path, data_cache)
     assert result.returncode == 0, result.stderr[-3000:]
     # Only rank 0 wrote, and only the run directory: no second copy, no temporary files.
@@ -194,8 +213,20 @@ def test_the_scaling_benchmark_adds_its_figures_to_the_bench_json(
     monkeypatch.delenv("DIGITREC_DATA", raising=False)
     out = tmp_path / "bench.json"
     out.write_text(json.dumps({"recipes": {"fast": {}}}))  # an earlier time-to-accuracy run
-    args = ["bench", "train", "--nproc", "1,2", "--seeds", "1", "--subset", "600",
-            "--max-epochs", "0.5", "--out", str(out)]  # fmt: skip
+    args = [
+        "bench",
+        "train",
+        "--nproc",
+        "1,2",
+        "--seeds",
+        "1",
+        "--subset",
+        "600",
+        "--max-epochs",
+        "0.5",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     report = json.loads(out.read_text())
     assert report["recipes"] == {"fast": {}}  # kept

@@ -50,8 +50,18 @@ def test_the_onnx_file_carries_its_model_card(onnx_run, tiny_run):
 
 def test_export_command_reports_the_parity_check(tiny_run, data_cache, tmp_path, capsys):
     out = tmp_path / "digits.onnx"
-    code = main(["export", str(tiny_run.run_dir), "--format", "onnx", "--out", str(out),
-                 "--data-dir", str(data_cache / "mnist")])  # fmt: skip
+    code = main(
+        [
+            "export",
+            str(tiny_run.run_dir),
+            "--format",
+            "onnx",
+            "--out",
+            str(out),
+            "--data-dir",
+            str(data_cache / "mnist"),
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0 and out.is_file()
     assert f"exported {out}" in printed
@@ -85,8 +95,16 @@ def test_export_refuses_when_parity_fails_and_leaves_nothing(
         export.export_onnx(tiny_run.run_dir, out, images=mnist.test_images[:200])
     assert list(tmp_path.iterdir()) == []  # no file, no temporary left behind
 
-    code = main(["export", str(tiny_run.run_dir), "--out", str(out),
-                 "--data-dir", str(data_cache / "mnist")])  # fmt: skip
+    code = main(
+        [
+            "export",
+            str(tiny_run.run_dir),
+            "--out",
+            str(out),
+            "--data-dir",
+            str(data_cache / "mnist"),
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 1 and not out.exists()
     assert "exported" not in captured.out
@@ -95,8 +113,10 @@ def test_export_refuses_when_parity_fails_and_leaves_nothing(
 
 def test_an_ensemble_exports_as_one_graph(mnist, tmp_path):
     # Two small members with random weights: the vote's graph, not its accuracy, is under test.
-    members = [{"model": "kernelnet", "model_args": {"kernel_size": 7, "width": 8}},
-               {"model": "kernelnet", "model_args": {"kernel_size": 5, "width": 8}}]  # fmt: skip
+    members = [
+        {"model": "kernelnet", "model_args": {"kernel_size": 7, "width": 8}},
+        {"model": "kernelnet", "model_args": {"kernel_size": 5, "width": 8}},
+    ]
     members = [dict(m, temperature=t) for m, t in zip(members, (1.5, 0.8), strict=True)]
     card = {"model": "ensemble", "model_args": {}, "members": members, "temperature": 1.0}
     from digitrec.models import build_from_card
@@ -117,8 +137,22 @@ def test_an_ensemble_exports_as_one_graph(mnist, tmp_path):
 
 def test_bench_infer_writes_both_backends_side_by_side(tiny_run, tmp_path, capsys):
     out = tmp_path / "infer.json"
-    code = main(["bench", "infer", "--model", str(tiny_run.run_dir), "--batch", "64",
-                 "--seconds", "0.2", "--cold-starts", "1", "--out", str(out)])  # fmt: skip
+    code = main(
+        [
+            "bench",
+            "infer",
+            "--model",
+            str(tiny_run.run_dir),
+            "--batch",
+            "64",
+            "--seconds",
+            "0.2",
+            "--cold-starts",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     printed = capsys.readouterr().out
     report = json.loads(out.read_text())
     assert code == (0 if all(report["met"].values()) else 3)

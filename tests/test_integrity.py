@@ -165,7 +165,7 @@ def _set_std(value) -> Callable[[dict, dict], None]:
         (_set_std(0.0), "standardisation"),
         (_set_std(math.nan), "standardisation"),
     ],
-)  # fmt: skip
+)
 def test_a_card_with_unusable_values_is_refused_at_load(weights, capsys, change, match):
     _reseal(weights, change)
     _refused(weights, capsys, match)

@@ -394,9 +394,16 @@ def test_separator_is_frozen() -> None:
 
 @pytest.mark.parametrize(
     ("groups", "kept"),
-    [((2, 2), True), ((1, 2, 4), True), ((1, 1), True), ((1, 3), False), ((4, 1), False),
-     ((0, 2), False), ((2, 5), False)],
-)  # fmt: skip
+    [
+        ((2, 2), True),
+        ((1, 2, 4), True),
+        ((1, 1), True),
+        ((1, 3), False),
+        ((4, 1), False),
+        ((0, 2), False),
+        ((2, 5), False),
+    ],
+)
 def test_a_slash_must_split_its_number_like_a_date_or_a_fraction(groups, kept):
     # Digits 10 px wide at 20 px steps; a slash candidate between each group.
     boxes, digits, slashes, x = [], [], [], 0

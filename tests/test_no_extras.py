@@ -14,8 +14,20 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = str(ROOT / "examples" / "01-paper-2.jpg")
 BUNDLED = str(ROOT / "src" / "digitrec" / "pretrained")
 # Top-level names the extras install: what a plain install lacks.
-EXTRA_PACKAGES = {"torch", "torchgen", "functorch", "matplotlib", "mpl_toolkits", "pylab", "onnx",
-                  "fastapi", "starlette", "uvicorn", "multipart", "python_multipart"}  # fmt: skip
+EXTRA_PACKAGES = {
+    "torch",
+    "torchgen",
+    "functorch",
+    "matplotlib",
+    "mpl_toolkits",
+    "pylab",
+    "onnx",
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "multipart",
+    "python_multipart",
+}
 
 
 @pytest.fixture(scope="module")
@@ -35,13 +47,16 @@ def bare_python(tmp_path_factory) -> Path:
 
 
 def run(python: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(python), "-m", "digitrec", *args], capture_output=True,
-                          text=True, timeout=120, cwd=cwd)  # fmt: skip
+    return subprocess.run(
+        [str(python), "-m", "digitrec", *args], capture_output=True, text=True, timeout=120, cwd=cwd
+    )
 
 
 def test_the_bare_venv_really_lacks_the_extras(bare_python, tmp_path):
-    probe = "import importlib.util as u; print([u.find_spec(m) is None for m in " \
-            "('torch', 'matplotlib', 'fastapi', 'numpy', 'onnxruntime')])"  # fmt: skip
+    probe = (
+        "import importlib.util as u; print([u.find_spec(m) is None for m in "
+        "('torch', 'matplotlib', 'fastapi', 'numpy', 'onnxruntime')])"
+    )
     done = subprocess.run([str(bare_python), "-c", probe], capture_output=True, text=True)
     assert done.stdout.strip() == "[True, True, True, False, False]"
 

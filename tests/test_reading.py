@@ -59,18 +59,21 @@ def test_a_plain_digit_takes_the_fast_path():
 def digit(value: int, x: int, line: int = 0, not_digit: bool = False) -> DigitResult:
     probabilities = [0.0] * 10
     probabilities[value] = 1.0
-    return DigitResult(value, 1.0, probabilities, [x, 10 + 50 * line, 10, 20],
-                       not_digit=not_digit, line=line)  # fmt: skip
+    return DigitResult(
+        value, 1.0, probabilities, [x, 10 + 50 * line, 10, 20], not_digit=not_digit, line=line
+    )
 
 
 @pytest.mark.parametrize(
     ("values", "separators", "text"),
-    [([(3, 0), (1, 30), (4, 45)], [(".", 20)], "3.14"),
-     ([(1, 0), (0, 30), (2, 45), (4, 60)], [(",", 20)], "1,024"),
-     ([(5, 30)], [("-", 10)], "-5"),
-     ([(1, 0), (2, 15), (0, 45), (5, 60)], [("/", 30)], "12/05"),
-     ([(1, 0), (0, 15), (3, 45), (0, 60)], [(":", 30)], "10:30")],
-)  # fmt: skip
+    [
+        ([(3, 0), (1, 30), (4, 45)], [(".", 20)], "3.14"),
+        ([(1, 0), (0, 30), (2, 45), (4, 60)], [(",", 20)], "1,024"),
+        ([(5, 30)], [("-", 10)], "-5"),
+        ([(1, 0), (2, 15), (0, 45), (5, 60)], [("/", 30)], "12/05"),
+        ([(1, 0), (0, 15), (3, 45), (0, 60)], [(":", 30)], "10:30"),
+    ],
+)
 def test_separators_join_the_line_text_in_reading_order(values, separators, text):
     digits = [digit(value, x) for value, x in values]
     marks = [preprocess.Separator(char, (x, 20, 5, 5)) for char, x in separators]
@@ -80,8 +83,13 @@ def test_separators_join_the_line_text_in_reading_order(values, separators, text
 
 
 def test_lines_read_top_down_and_marks_that_are_not_digits_are_left_out():
-    digits = [digit(1, 0), digit(7, 15, not_digit=True), digit(2, 30),
-              digit(3, 0, line=1), digit(4, 15, line=1)]  # fmt: skip
+    digits = [
+        digit(1, 0),
+        digit(7, 15, not_digit=True),
+        digit(2, 30),
+        digit(3, 0, line=1),
+        digit(4, 15, line=1),
+    ]
     lines = _read_lines(digits, [])
     assert [line.text for line in lines] == ["12", "34"]
     assert lines[0].box == [0, 10, 40, 20] and lines[1].box == [0, 60, 25, 20]

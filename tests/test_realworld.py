@@ -54,13 +54,18 @@ def test_the_plain_kinds_files_are_drawn_as_before(mnist):
     # The set as it was drawn before the page kinds: five test digits per file, then render.
     # The plain kinds must give the same files so that earlier benchmark numbers still compare.
     plain = ("paper", "row", "formats", "blank")
-    items = realworld.make_set(mnist.test_images, mnist.test_labels, per_kind=3, seed=5,
-                               kinds=plain)  # fmt: skip
+    items = realworld.make_set(
+        mnist.test_images, mnist.test_labels, per_kind=3, seed=5, kinds=plain
+    )
     rng = np.random.default_rng(5)
     for index, kind in enumerate(kind for kind in plain for _ in range(3)):
         chosen = rng.choice(len(mnist.test_labels), size=5, replace=False)
-        expected = synth.render(kind, [mnist.test_images[i] for i in chosen], rng,
-                                labels=[int(mnist.test_labels[i]) for i in chosen])  # fmt: skip
+        expected = synth.render(
+            kind,
+            [mnist.test_images[i] for i in chosen],
+            rng,
+            labels=[int(mnist.test_labels[i]) for i in chosen],
+        )
         assert (items[index].data, items[index].extension, items[index].label) == expected
 
 
@@ -81,8 +86,20 @@ def test_score_counts_whole_numbers_per_kind(mnist, tiny_run):
 def test_bench_realworld_writes_its_json(mnist, data_cache, tiny_run, monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(data_cache.parent))
     out = tmp_path / "realworld.json"
-    code = main(["bench", "realworld", "--model", str(tiny_run.run_dir), "--per-kind", "1",
-                 "--out", str(out), "--write", str(tmp_path / "files")])  # fmt: skip
+    code = main(
+        [
+            "bench",
+            "realworld",
+            "--model",
+            str(tiny_run.run_dir),
+            "--per-kind",
+            "1",
+            "--out",
+            str(out),
+            "--write",
+            str(tmp_path / "files"),
+        ]
+    )
     assert code == 0
     report = json.loads(out.read_text())
     assert report["images"] == len(synth.KINDS)
@@ -93,8 +110,20 @@ def test_bench_realworld_writes_its_json(mnist, data_cache, tiny_run, monkeypatc
 def test_bench_realworld_kinds(mnist, data_cache, tiny_run, monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("XDG_CACHE_HOME", str(data_cache.parent))
     out = tmp_path / "realworld.json"
-    code = main(["bench", "realworld", "--model", str(tiny_run.run_dir), "--per-kind", "2",
-                 "--kinds", "paper,blank", "--out", str(out)])  # fmt: skip
+    code = main(
+        [
+            "bench",
+            "realworld",
+            "--model",
+            str(tiny_run.run_dir),
+            "--per-kind",
+            "2",
+            "--kinds",
+            "paper,blank",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     report = json.loads(out.read_text())
     assert report["images"] == 4 and set(report["per_kind"]) == {"paper", "blank"}
@@ -165,8 +194,12 @@ def test_score_reads_text_and_counts_not_digit_flags():
         assert realworld.is_right(item, answer) == right, (item.kind, answer)
     assert report["images"] == len(cases) and report["accuracy"] == 6 / 10
     assert {kind: entry["correct"] for kind, entry in report["per_kind"].items()} == {
-        "paper": 1, "multiline": 1, "separators": 1, "notdigit": 2, "blank": 1,
-    }  # fmt: skip
+        "paper": 1,
+        "multiline": 1,
+        "separators": 1,
+        "notdigit": 2,
+        "blank": 1,
+    }
     assert report["per_kind"]["notdigit"]["accuracy"] == 2 / 3
     assert all(entry["files_per_second"] > 0 for entry in report["per_kind"].values())
     assert report["files_per_second"] > 0 and report["seconds"] >= 0

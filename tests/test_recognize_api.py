@@ -249,9 +249,11 @@ def test_an_onnx_file_altered_after_export_is_refused(onnx_run, tmp_path):
         model.metadata_props.extend(kept)
 
     source = onnx_run / "model.onnx"
-    cases = {"card": (edit_card, "altered after export"),
-             "weights": (edit_weights, "no longer gives the answers"),
-             "check": (drop_check, "without its digitrec self-check")}  # fmt: skip
+    cases = {
+        "card": (edit_card, "altered after export"),
+        "weights": (edit_weights, "no longer gives the answers"),
+        "check": (drop_check, "without its digitrec self-check"),
+    }
     for name, (change, message) in cases.items():
         path = _tampered_onnx(source, tmp_path / f"{name}.onnx", change)
         with pytest.raises(ModelError, match=message):
@@ -265,10 +267,23 @@ def test_a_batch_read_on_threads_matches_one_file_at_a_time(mnist, tmp_path):
     # Enough files for extract_many to use its worker threads, with bad ones in the middle:
     # every file keeps its own answer, in order, and the bad ones their own error.
     # The kinds of one digit or one row on a plain page, which nearly always read right.
-    plain = ("paper", "chalkboard", "photo", "canvas", "offcenter", "small", "huge", "rotated",
-             "row", "transparent", "formats", "blank")  # fmt: skip
-    items = realworld.make_set(mnist.test_images, mnist.test_labels, per_kind=2, seed=3,
-                               kinds=plain)  # fmt: skip
+    plain = (
+        "paper",
+        "chalkboard",
+        "photo",
+        "canvas",
+        "offcenter",
+        "small",
+        "huge",
+        "rotated",
+        "row",
+        "transparent",
+        "formats",
+        "blank",
+    )
+    items = realworld.make_set(
+        mnist.test_images, mnist.test_labels, per_kind=2, seed=3, kinds=plain
+    )
     paths = [str(p) for p in realworld.write_set(items, tmp_path / "set")]
     (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "text.jpg").write_bytes(b"not a jpeg at all")

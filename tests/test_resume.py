@@ -82,8 +82,10 @@ def test_a_run_killed_at_a_random_moment_resumes_with_its_own_settings(mnist, da
     flags = ("--subset", "2048", "--batch-size", "32", "--epochs", "4", "--checkpoint-every", "20")
     process = subprocess.Popen(
         _train_command(run, *flags, "--threads", "1"),
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     state = run / checkpoint.STATE_FILE
     deadline = time.monotonic() + 120
     while not state.exists() and process.poll() is None and time.monotonic() < deadline:
@@ -96,8 +98,11 @@ def test_a_run_killed_at_a_random_moment_resumes_with_its_own_settings(mnist, da
 
     resumed = subprocess.run(
         [sys.executable, "-m", "digitrec", "train", "--resume", str(run), "--threads", "1"],
-        env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, (delay, resumed.stderr)
     assert "on 2048 mnist images" in resumed.stdout  # --subset taken from the run
     model, card = load_model(run)
@@ -121,10 +126,14 @@ def test_resume_refuses_flags_that_contradict_the_run(cached_data, tmp_path, cap
     assert main(["train", "--out", str(run), *flags]) == 0
     capsys.readouterr()
     contradictions = [
-        ["--dataset", "fashion-mnist"], ["--subset", "1024"], ["--epochs", "1"],
-        ["--recipe", "accurate"], ["--seed", "1"], ["--batch-size", "128"],
+        ["--dataset", "fashion-mnist"],
+        ["--subset", "1024"],
+        ["--epochs", "1"],
+        ["--recipe", "accurate"],
+        ["--seed", "1"],
+        ["--batch-size", "128"],
         ["--out", str(tmp_path / "elsewhere")],
-    ]  # fmt: skip
+    ]
     for given in contradictions:
         assert main(["train", "--resume", str(run), *given]) == 1, given
         err = _one_line_error(capsys)

@@ -18,9 +18,19 @@ SEEDS = range(6)
 # Kinds whose digits stand apart on a plain background: the extractor finds one box per digit.
 # The page kinds (touching digits, rules, boxes, marks, separators) are the benchmark's to score.
 PLAIN_KINDS = (
-    "paper", "chalkboard", "photo", "canvas", "offcenter", "small",
-    "huge", "rotated", "row", "transparent", "formats", "blank",
-)  # fmt: skip
+    "paper",
+    "chalkboard",
+    "photo",
+    "canvas",
+    "offcenter",
+    "small",
+    "huge",
+    "rotated",
+    "row",
+    "transparent",
+    "formats",
+    "blank",
+)
 PAGE_KINDS = tuple(kind for kind in synth.KINDS if kind not in PLAIN_KINDS)
 # What each page kind's label looks like.
 LABEL_FORMS = {

@@ -160,8 +160,12 @@ def test_card_records_the_command_that_reproduces_a_named_recipe(splits):
 def test_a_device_this_machine_lacks_is_refused_before_any_data_moves(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert train.check_device("cpu") == "cpu"
-    refused = [("cuda", "no CUDA GPU"), ("cuda:1", "no CUDA GPU"),
-               ("gpu", "unknown device 'gpu'"), ("cuda:x", "unknown device")]  # fmt: skip
+    refused = [
+        ("cuda", "no CUDA GPU"),
+        ("cuda:1", "no CUDA GPU"),
+        ("gpu", "unknown device 'gpu'"),
+        ("cuda:x", "unknown device"),
+    ]
     for device, reason in refused:
         with pytest.raises(train.DeviceError, match=reason):
             train.check_device(device)

@@ -25,8 +25,9 @@ from digitrec.train import Split, fit, make_splits
 # One epoch of 301 digits is three steps. No label smoothing: with it Adam's first steps magnify
 # those differences about 40-fold (one thread against two: 5.6e-4 of the largest weight instead
 # of 1.3e-5), past the tolerance that separates summation order from a real error.
-STEPS_CONFIG = recipe("fast", epochs=1, label_smoothing=0.0, bf16=False, channels_last=False,
-                      calibrate=False)  # fmt: skip
+STEPS_CONFIG = recipe(
+    "fast", epochs=1, label_smoothing=0.0, bf16=False, channels_last=False, calibrate=False
+)
 STEPS_SUBSET = 301
 ENSEMBLE_CONFIG = recipe(
     "ensemble", epochs=2, batch_size=64, members=2, model_args={"widths": (16, 32, 64)}
