@@ -13,17 +13,8 @@ from digitrec import realworld, synth
 from digitrec.cli import main
 from digitrec.recognize import Recognizer
 
-PAGE_LABELS = {
-    "touching": r"\d{2,4}",
-    "lined": r"\d{1,3}",
-    "grid": r"\d{1,3}",
-    "boxed": r"\d|\d{3,6}",
-    "circled": r"\d{1,2}",
-    "underlined": r"\d{1,3}",
-    "separators": r"\d{1,2}\.\d{1,2}|\d{1,3},\d{3}|-\d{1,3}|\d{1,2}/\d{2}|\d{1,2}:\d{2}",
-    "multiline": r"\d{1,4}(\n\d{1,4}){1,2}",
-    "lowres": r"\d{1,3}",
-}
+# What a page kind's label looks like (notdigit: empty, checked apart).
+PAGE_LABELS = {kind: form for kind, form in synth.LABEL_PATTERNS.items() if form}
 
 
 def test_the_set_is_deterministic_and_labelled(mnist, tmp_path):

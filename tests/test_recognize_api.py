@@ -267,22 +267,8 @@ def test_a_batch_read_on_threads_matches_one_file_at_a_time(mnist, tmp_path):
     # Enough files for extract_many to use its worker threads, with bad ones in the middle:
     # every file keeps its own answer, in order, and the bad ones their own error.
     # The kinds of one digit or one row on a plain page, which nearly always read right.
-    plain = (
-        "paper",
-        "chalkboard",
-        "photo",
-        "canvas",
-        "offcenter",
-        "small",
-        "huge",
-        "rotated",
-        "row",
-        "transparent",
-        "formats",
-        "blank",
-    )
     items = realworld.make_set(
-        mnist.test_images, mnist.test_labels, per_kind=2, seed=3, kinds=plain
+        mnist.test_images, mnist.test_labels, per_kind=2, seed=3, kinds=synth.PLAIN_KINDS
     )
     paths = [str(p) for p in realworld.write_set(items, tmp_path / "set")]
     (tmp_path / "empty.png").write_bytes(b"")

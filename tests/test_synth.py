@@ -17,34 +17,10 @@ from digitrec import preprocess, synth
 SEEDS = range(6)
 # Kinds whose digits stand apart on a plain background: the extractor finds one box per digit.
 # The page kinds (touching digits, rules, boxes, marks, separators) are the benchmark's to score.
-PLAIN_KINDS = (
-    "paper",
-    "chalkboard",
-    "photo",
-    "canvas",
-    "offcenter",
-    "small",
-    "huge",
-    "rotated",
-    "row",
-    "transparent",
-    "formats",
-    "blank",
-)
-PAGE_KINDS = tuple(kind for kind in synth.KINDS if kind not in PLAIN_KINDS)
+PLAIN_KINDS = synth.PLAIN_KINDS
+PAGE_KINDS = synth.PAGE_KINDS
 # What each page kind's label looks like.
-LABEL_FORMS = {
-    "touching": r"\d{2,4}",
-    "lined": r"\d{1,3}",
-    "grid": r"\d{1,3}",
-    "boxed": r"\d|\d{3,6}",
-    "circled": r"\d{1,2}",
-    "underlined": r"\d{1,3}",
-    "separators": r"\d{1,2}\.\d{1,2}|\d{1,3},\d{3}|-\d{1,3}|\d{1,2}/\d{2}|\d{1,2}:\d{2}",
-    "multiline": r"\d{1,4}(\n\d{1,4}){1,2}",
-    "lowres": r"\d{1,3}",
-    "notdigit": r"",
-}
+LABEL_FORMS = synth.LABEL_PATTERNS
 
 
 def test_draw_digit_shape_range_and_determinism() -> None:

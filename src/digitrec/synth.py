@@ -18,7 +18,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-KINDS = (
+# One digit or one row of digits standing apart on a plain background.
+PLAIN_KINDS = (
     "paper",
     "chalkboard",
     "photo",
@@ -31,8 +32,10 @@ KINDS = (
     "transparent",
     "formats",
     "blank",
-    # Pages as people write them: joined digits, ruled and squared paper, forms, marks around
-    # the digits, separators, several lines, a far-off photo, and marks that are not digits.
+)
+# Pages as people write them: joined digits, ruled and squared paper, forms, marks around the
+# digits, separators, several lines, a far-off photo, and marks that are not digits.
+PAGE_KINDS = (
     "touching",
     "lined",
     "grid",
@@ -44,6 +47,20 @@ KINDS = (
     "lowres",
     "notdigit",
 )
+KINDS = PLAIN_KINDS + PAGE_KINDS
+# What each page kind's label looks like (a regular expression; notdigit: nothing to read).
+LABEL_PATTERNS = {
+    "touching": r"\d{2,4}",
+    "lined": r"\d{1,3}",
+    "grid": r"\d{1,3}",
+    "boxed": r"\d|\d{3,6}",
+    "circled": r"\d{1,2}",
+    "underlined": r"\d{1,3}",
+    "separators": r"\d{1,2}\.\d{1,2}|\d{1,3},\d{3}|-\d{1,3}|\d{1,2}/\d{2}|\d{1,2}:\d{2}",
+    "multiline": r"\d{1,4}(\n\d{1,4}){1,2}",
+    "lowres": r"\d{1,3}",
+    "notdigit": r"",
+}
 # Kinds whose page holds only marks that are not digits: the label is "", and a reader is right
 # when it flags every mark it finds as not a digit (or finds none).
 NOT_DIGIT_KINDS = frozenset({"notdigit"})
