@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	@echo "setting up $(VENV): installing digitrec with torch, ONNX Runtime and FastAPI (first time: a minute or two)..."
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet --progress-bar on -e '.[train,serve,dev]'
+	$(BIN)/python -m pip install --quiet --progress-bar on -e '.[train,serve,dev,feedback]'
 	touch $(STAMP)
 	@echo "$(VENV) is ready"
 

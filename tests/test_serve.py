@@ -1,13 +1,17 @@
 """The REST API through FastAPI's test client: the `recognize --json` contract, bad inputs (never a
-500), the model card, OpenAPI, the page, CORS, concurrency and `digitrec bench serve`."""
+500), the model card, readiness, metrics, OpenAPI, the page, CORS, concurrency and `digitrec bench
+serve`. The bounds a live server keeps under abuse are in test_serve_limits.py."""
 
 from __future__ import annotations
 
 import base64
 import io
 import json
+import re
+import shutil
 import struct
 import threading
+import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,10 +21,12 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from digitrec import loadtest
 from digitrec.cli import main
-from digitrec.serve import MAX_REQUEST_BYTES, create_app, load_test, serve_in_thread
+from digitrec.loadtest import load_test
+from digitrec.serve import MAX_REQUEST_BYTES, create_app, serve_in_thread
 
-DIGIT_FIELDS = {"digit", "confidence", "probabilities", "box", "uncertain"}
+DIGIT_FIELDS = {"digit", "confidence", "probabilities", "box", "uncertain", "not_digit"}
 
 
 def paper_png(*digits: np.ndarray, scale: int = 4) -> bytes:
@@ -104,7 +110,7 @@ def test_upload_and_raw_body_answer_the_json_of_recognize_json(client, seven, tm
     for response, name in ((upload, "seven.png"), (body, "<body>")):
         assert response.status_code == 200, response.text
         answer = response.json()
-        assert set(answer) == set(cli) == {"path", "number", "digits"}
+        assert set(answer) == set(cli) == {"path", "number", "text", "lines", "digits"}
         assert answer["path"] == name
         assert answer["number"] == "7"
         assert len(answer["digits"]) == 1
@@ -237,6 +243,63 @@ def test_health_and_model_card(client):
     assert card["classes"] == [str(label) for label in range(10)]
 
 
+def test_ready_is_503_until_the_model_has_answered_a_warm_up_then_200(app):
+    fresh = create_app(recognizer=app.state.recognizer)
+    cold = TestClient(fresh)  # no lifespan: nothing has warmed the model up
+    response = cold.get("/api/ready")
+    assert "warm-up" in assert_problem(response, 503)
+    assert response.headers["retry-after"] == "1"
+    assert cold.get("/api/health").status_code == 200  # alive all the same
+    with TestClient(fresh) as warming:  # the lifespan starts the warm-up
+        deadline = time.monotonic() + 30
+        while (answer := warming.get("/api/ready")).status_code == 503:
+            assert time.monotonic() < deadline, answer.text
+            time.sleep(0.02)
+        assert answer.status_code == 200
+        assert answer.json() == {"status": "ready", "model": "fastcnn"}
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus's text format; labels in any order."""
+    for line in text.splitlines():
+        found = re.fullmatch(rf"{name}(?:\{{(.*)\}})? (\S+)", line)
+        if found:
+            pairs = dict(re.findall(r'(\w+)="([^"]*)"', found.group(1) or ""))
+            if pairs == labels:
+                return float(found.group(2))
+    raise AssertionError(f"no sample {name}{labels} in:\n{text}")
+
+
+def test_metrics_count_requests_by_route_and_status_latency_digits_and_model(app, seventy_two):
+    fresh = create_app(recognizer=app.state.recognizer)
+    with TestClient(fresh) as client:
+        for _ in range(3):
+            assert post_png(client, seventy_two).status_code == 200
+        assert post_png(client, b"\x89PNG not really").status_code == 422
+        client.get("/api/health")
+        client.get("/no/such/page/12345")
+        response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    requests = "digitrec_http_requests_total"
+    assert metric(text, requests, route="/api/recognize", status="200") == 3
+    assert metric(text, requests, route="/api/recognize", status="422") == 1
+    assert metric(text, requests, route="/api/health", status="200") == 1
+    # A path that matches no route counts as "other": random paths add no label values.
+    assert metric(text, requests, route="other", status="404") == 1
+    assert "12345" not in text
+    latency = "digitrec_http_request_duration_seconds"
+    assert metric(text, f"{latency}_count", route="/api/recognize") == 4
+    assert metric(text, f"{latency}_bucket", route="/api/recognize", le="+Inf") == 4
+    assert 0 < metric(text, f"{latency}_sum", route="/api/recognize") < 60
+    assert metric(text, "digitrec_digits_read_total") == 6  # "72" three times
+    card = fresh.state.recognizer.card
+    digest = card.get("model_sha256") or card["tensors_sha256"]  # weights and card, or weights
+    model = {"model": "fastcnn", "backend": "onnx", "sha256": digest}
+    assert metric(text, "digitrec_model_info", **model) == 1
+
+
 def test_openapi_documents_recognize_with_request_and_response_schemas(client):
     spec = client.get("/openapi.json").json()
     post = spec["paths"]["/api/recognize"]["post"]
@@ -246,15 +309,21 @@ def test_openapi_documents_recognize_with_request_and_response_schemas(client):
     assert post["responses"]["200"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/Recognition"
     }
-    for status in ("413", "415", "422"):
+    for status in ("408", "413", "415", "422", "503"):
         schema = post["responses"][status]["content"]["application/json"]["schema"]
         assert schema == {"$ref": "#/components/schemas/Problem"}
     schemas = spec["components"]["schemas"]
     assert {"path", "number", "digits"} <= set(schemas["Recognition"]["properties"])
     assert DIGIT_FIELDS <= set(schemas["DigitReading"]["properties"])
-    for path in ("/api/health", "/api/model"):
+    for path in ("/api/health", "/api/model", "/api/ready", "/metrics"):
         assert "200" in spec["paths"][path]["get"]["responses"]
-    assert client.get("/docs").status_code == 200
+    assert "503" in spec["paths"]["/api/ready"]["get"]["responses"]
+    for page in ("/docs", "/redoc"):
+        html = client.get(page).text
+        scripts = re.findall(r'(?:src|href)="([^"]+)"', html)
+        assert scripts and all(url.startswith("/static/docs/") for url in scripts), scripts
+        for url in scripts:
+            assert client.get(url).status_code == 200, url
 
 
 def test_the_drawing_page_and_its_files_are_served(client):
@@ -326,17 +395,48 @@ def test_load_test_counts_failures_and_wrong_answers(app, seven):
 
 
 def test_bench_serve_writes_its_report(mnist, data_cache, monkeypatch, tmp_path, capsys):
+    client = "wrk" if shutil.which("wrk") else "built-in"
     monkeypatch.setenv("XDG_CACHE_HOME", str(data_cache.parent))
     monkeypatch.delenv("DIGITREC_DATA", raising=False)
     out = tmp_path / "bench-serve.json"
-    code = main(["bench", "serve", "--requests", "50", "--concurrency", "4,8", "--out", str(out)])
-    assert code == 0
+    arguments = ["--seconds", "1", "--concurrency", "1,3", "--workers", "1", "--out", str(out)]
+    assert main(["bench", "serve", *arguments]) == 0
     report = json.loads(out.read_text())
-    assert report["expected"] == "7" and report["backend"] == "onnx"
-    assert [run["concurrency"] for run in report["runs"]] == [4, 8]
+    assert report["client"].startswith("wrk" if client == "wrk" else "built-in")
+    assert report["backend"] == "onnx" and report["model_name"] == "fastcnn"
+    assert [(image["name"], image["expected"]) for image in report["images"]] == [
+        ("canvas PNG", "7"),
+        ("scan PNG", "72"),
+        ("12 MP JPEG", "7"),
+    ]
+    cells = [(run["image"], run["workers"], run["concurrency"]) for run in report["runs"]]
+    assert cells == [
+        (image, 1, clients)
+        for image in ("canvas PNG", "scan PNG", "12 MP JPEG")
+        for clients in (1, 3)
+    ]
     for run in report["runs"]:
-        assert run["requests"] == 50 and run["errors"] == 0
+        assert run["requests"] > 0 and run["errors"] == 0, run
         assert run["requests_per_second"] > 0
         assert 0 < run["p50_ms"] <= run["p99_ms"]
     printed = capsys.readouterr().out
-    assert "requests/s" in printed and "p99 ms" in printed
+    assert "req/s" in printed and "p99 ms" in printed and report["client"] in printed
+
+
+def test_bench_serve_says_when_it_uses_its_own_client(mnist):
+    canvas = loadtest.bench_images(mnist.test_images, mnist.test_labels)[0]
+    report = loadtest.bench_serve(
+        [canvas], workers=[1], connections=[2], seconds=0.5, use_wrk=False
+    )
+    assert report["client"].startswith("built-in")
+    (run,) = report["runs"]
+    assert run["requests"] > 0 and run["errors"] == 0 and run["concurrency"] == 2
+
+
+def test_the_bench_images_read_as_their_labels(mnist, app):
+    images = loadtest.bench_images(mnist.test_images, mnist.test_labels)
+    phone = Image.open(io.BytesIO(images[2].data))
+    assert (phone.format, phone.size) == ("JPEG", (4000, 3000))
+    for image in images:
+        result = app.state.recognizer.recognize(image.data)
+        assert (result.error, result.number) == (None, image.expected), image.name

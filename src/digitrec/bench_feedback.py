@@ -205,8 +205,9 @@ def store_corrections(
     what the model read in it); returns how many records are usable for training."""
     usable = 0
     for correction in chosen:
-        record = store.add(pngs[correction.index], str(correction.digit),
-                           results[correction.index], weights_sha256)  # fmt: skip
+        record = store.add(
+            pngs[correction.index], str(correction.digit), results[correction.index], weights_sha256
+        )
         usable += record.usable
     return usable
 
@@ -255,8 +256,17 @@ def run_benchmark(
     }
     for count in corrections:
         chosen = choose_corrections(pool_wrong, labels[pool], count)
-        run = fine_tune_run(model, chosen, pool_pngs, pool_results, held_pngs, labels[held],
-                            config, weights_digest(base.card), data_dir)  # fmt: skip
+        run = fine_tune_run(
+            model,
+            chosen,
+            pool_pngs,
+            pool_results,
+            held_pngs,
+            labels[held],
+            config,
+            weights_digest(base.card),
+            data_dir,
+        )
         report["runs"].append(run)
         if on_result is not None:
             on_result(run)
@@ -285,11 +295,18 @@ def writer_settings(seed: int, held_out: int, pool: int, pool_misread: int) -> d
     """How the writer was made and split, for the JSON."""
     return {
         "source": f"MNIST test digits {WRITER_FIRST} to the last",
-        "seed": seed, "held_out": held_out, "pool": pool, "pool_misread": pool_misread,
-        "scale": SCALE, "margin": MARGIN, "slant": SLANT, "pen_px": PEN, "stroke_px": STROKE,
+        "seed": seed,
+        "held_out": held_out,
+        "pool": pool,
+        "pool_misread": pool_misread,
+        "scale": SCALE,
+        "margin": MARGIN,
+        "slant": SLANT,
+        "pen_px": PEN,
+        "stroke_px": STROKE,
         "restyled": {"1": "long flag and base bar", "4": "open top, drawn", "7": "crossbar"},
         "mnist_test_measured_on": f"the first {WRITER_FIRST} MNIST test digits",
-    }  # fmt: skip
+    }
 
 
 def fine_tune_run(
@@ -372,8 +389,13 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _target(name: str, text: str, value: float, limit: float) -> dict[str, Any]:
-    return {"name": name, "text": text, "value": value, "limit": limit,
-            "met": bool(value <= limit + TOLERANCE)}  # fmt: skip
+    return {
+        "name": name,
+        "text": text,
+        "value": value,
+        "limit": limit,
+        "met": bool(value <= limit + TOLERANCE),
+    }
 
 
 def missed_by(run: dict[str, Any], report: dict[str, Any]) -> list[str]:
@@ -382,14 +404,20 @@ def missed_by(run: dict[str, Any], report: dict[str, Any]) -> list[str]:
     values = {"mnist_test_drop": run["mnist_test_drop"], "seconds": run["seconds"]}
     if run["corrections"] == TARGET_CORRECTIONS:
         values["writer_error_halved"] = run["writer_error"]
-    return [name for name, value in values.items()
-            if name in limits and value > limits[name] + TOLERANCE]  # fmt: skip
+    return [
+        name
+        for name, value in values.items()
+        if name in limits and value > limits[name] + TOLERANCE
+    ]
 
 
 # --- what the command shows ---------------------------------------------------------------------
 
-SHORT_NAMES = {"writer_error_halved": "writer error not halved", "mnist_test_drop":
-               "MNIST test fell too far", "seconds": "too slow"}  # fmt: skip
+SHORT_NAMES = {
+    "writer_error_halved": "writer error not halved",
+    "mnist_test_drop": "MNIST test fell too far",
+    "seconds": "too slow",
+}
 
 
 def table(report: dict[str, Any]) -> str:
@@ -419,8 +447,10 @@ def table(report: dict[str, Any]) -> str:
     )
     for target in report["targets"]:
         verdict = "met" if target["met"] else "MISSED"
-        lines.append(f"target: {target['text']}: {verdict} ({target['value']:.4g}, limit "
-                     f"{target['limit']:.4g})")  # fmt: skip
+        lines.append(
+            f"target: {target['text']}: {verdict} ({target['value']:.4g}, limit "
+            f"{target['limit']:.4g})"
+        )
     return "\n".join(lines)
 
 
@@ -433,13 +463,23 @@ def plot(report: dict[str, Any], path: str | os.PathLike) -> Path:
     counts = [0] + [run["corrections"] for run in report["runs"]]
     errors = [report["base"]["writer_error"]] + [run["writer_error"] for run in report["runs"]]
     ax.plot(counts, [100 * e for e in errors], marker="o", label="the writer's digits")
-    ax.axhline(100 * report["base"]["plain_error"], color="grey", linewidth=0.8,
-               label="the same digits as MNIST wrote them")  # fmt: skip
+    ax.axhline(
+        100 * report["base"]["plain_error"],
+        color="grey",
+        linewidth=0.8,
+        label="the same digits as MNIST wrote them",
+    )
     halving = next((t for t in report["targets"] if t["name"] == "writer_error_halved"), None)
     if halving is not None:
         label = f"target at {TARGET_CORRECTIONS}: half the error"
-        ax.plot([TARGET_CORRECTIONS], [100 * halving["limit"]], marker="v", linestyle="none",
-                color="tab:red", label=label)  # fmt: skip
+        ax.plot(
+            [TARGET_CORRECTIONS],
+            [100 * halving["limit"]],
+            marker="v",
+            linestyle="none",
+            color="tab:red",
+            label=label,
+        )
     ax.set_xticks(counts)
     ax.set_ylim(bottom=0)
     ax.set_xlabel("corrections fine-tuned on")

@@ -91,8 +91,9 @@ def cmd_data(args: argparse.Namespace) -> int:
         return 0
     from digitrec import figures
 
-    path = figures.preview(dataset.train_images, dataset.train_labels, dataset.classes,
-                           args.out, seed=args.seed)  # fmt: skip
+    path = figures.preview(
+        dataset.train_images, dataset.train_labels, dataset.classes, args.out, seed=args.seed
+    )
     _print(f"preview: {path}")
     return 0
 
@@ -119,61 +120,90 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from digitrec import data, distributed
+def _train_settings(args: argparse.Namespace):
+    """(config, data config, recipe name, run folder) from the flags, or from the run's saved
+    state with --resume, where a flag given must agree with it."""
     from digitrec.checkpoint import ModelError
     from digitrec.config import DataConfig, recipe
-    from digitrec.train import fit, make_splits, resume_settings
+    from digitrec.train import resume_settings
 
-    # Under torchrun every process runs this command; rank 0 alone prints and writes.
-    world = distributed.world_from_env()
-
-    values = dict(model=args.model, epochs=args.epochs, batch_size=args.batch_size,
-                  seed=args.seed, learning_rate=args.learning_rate, threads=args.threads,
-                  device=args.device, checkpoint_every=args.checkpoint_every)  # fmt: skip
+    values = dict(
+        model=args.model,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        learning_rate=args.learning_rate,
+        threads=args.threads,
+        device=args.device,
+        checkpoint_every=args.checkpoint_every,
+    )
     if args.resume:
-        # Settings come from the run's saved state; a flag given must agree with it.
         out = Path(args.resume)
         if args.out and Path(args.out) != out:
             raise ModelError(f"--resume continues in {out}; --out {args.out} names another folder")
         config, data_config, recipe_name = resume_settings(
             out, args.recipe, args.dataset, args.subset, **values
         )
-    else:
-        recipe_name = args.recipe or "fast"
-        config = recipe(recipe_name, **values)
-        data_config = DataConfig(dataset=args.dataset or "mnist", subset=args.subset)
-        out = Path(args.out or f"runs/{recipe_name}-{config.model}-s{config.seed}")
+        return config, data_config, recipe_name, out
+    recipe_name = args.recipe or "fast"
+    config = recipe(recipe_name, **values)
+    data_config = DataConfig(dataset=args.dataset or "mnist", subset=args.subset)
+    return (
+        config,
+        data_config,
+        recipe_name,
+        Path(args.out or f"runs/{recipe_name}-{config.model}-s{config.seed}"),
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from digitrec import data, distributed
+    from digitrec.train import fit, make_splits
+
+    # Under torchrun every process runs this command; rank 0 alone prints and writes.
+    world = distributed.world_from_env()
+    config, data_config, recipe_name, out = _train_settings(args)
     dataset = data.load(data_config.dataset, data_dir=args.data_dir)
     splits = make_splits(dataset, data_config, config.device)
     if world.is_main:
         processes = f" on {world.world_size} processes" if world.is_distributed else ""
-        _print(f"training {config.model} ({recipe_name or 'no'} recipe) on {len(splits.train)} "
-               f"{dataset.name} images{processes}, validating on {len(splits.validation)} "
-               f"-> {out}")  # fmt: skip
+        _print(
+            f"training {config.model} ({recipe_name or 'no'} recipe) on {len(splits.train)} "
+            f"{dataset.name} images{processes}, validating on {len(splits.validation)} "
+            f"-> {out}"
+        )
     try:
         with distributed.process_group(world, config.device, args.timeout):
-            result = fit(config, splits, out, recipe_name=recipe_name, on_progress=ProgressBar(),
-                         resume=bool(args.resume), world=world,
-                         parallel_members=args.parallel_members)  # fmt: skip
+            result = fit(
+                config,
+                splits,
+                out,
+                recipe_name=recipe_name,
+                on_progress=ProgressBar(),
+                resume=bool(args.resume),
+                world=world,
+                parallel_members=args.parallel_members,
+            )
     except distributed.CollectiveTimeout as error:
         print(f"digitrec: error: {error}", file=sys.stderr)
         return 1
     if not world.is_main:
         return 0
     m = result.card["metrics"]
-    _print(f"test accuracy {m['test_accuracy']:.4f}, test loss {m['test_loss']:.4f}, "
-           f"{m['train_seconds']:.1f}s of training; saved {out}/model.safetensors")  # fmt: skip
+    _print(
+        f"test accuracy {m['test_accuracy']:.4f}, test loss {m['test_loss']:.4f}, "
+        f"{m['train_seconds']:.1f}s of training; saved {out}/model.safetensors"
+    )
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from digitrec import data
     from digitrec.config import DataConfig
-    from digitrec.evaluate import evaluate_run
+    from digitrec.evaluate import evaluate_run, evaluate_split
     from digitrec.models import Ensemble
     from digitrec.recognize import load_model
-    from digitrec.train import evaluate, make_splits
+    from digitrec.train import make_splits
 
     if len(args.runs) > 1 and args.report:
         print("digitrec: error: --report takes one run", file=sys.stderr)
@@ -181,8 +211,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     loaded = [load_model(run) for run in args.runs]
     datasets = sorted({card["dataset"]["name"] for _, card in loaded})
     if len(datasets) > 1:
-        print(f"digitrec: error: a vote needs runs trained on one dataset, not "
-              f"{' and '.join(datasets)}", file=sys.stderr)  # fmt: skip
+        print(
+            f"digitrec: error: a vote needs runs trained on one dataset, not "
+            f"{' and '.join(datasets)}",
+            file=sys.stderr,
+        )
         return 2
     # Several runs: their vote, the mean of their calibrated probabilities.
     model = loaded[0][0] if len(loaded) == 1 else Ensemble([m for m, _ in loaded]).eval()
@@ -190,8 +223,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     splits = make_splits(dataset, DataConfig(dataset=dataset.name))
     results = evaluate_run(model, splits)
     if len(loaded) > 1:
-        results["runs"] = [{"run": run, "test_accuracy": evaluate(m, splits.test)["accuracy"]}
-                           for run, (m, _) in zip(args.runs, loaded, strict=True)]  # fmt: skip
+        results["runs"] = [
+            {"run": run, "test_accuracy": evaluate_split(m, splits.test)["accuracy"]}
+            for run, (m, _) in zip(args.runs, loaded, strict=True)
+        ]
     if args.report:
         from digitrec.report import write_report
 
@@ -222,10 +257,14 @@ def cmd_recognize(args: argparse.Namespace) -> int:
     for path, why in skipped:
         print(f"digitrec: skipped {path}: {why}", file=sys.stderr)
     if not paths:
-        print(f"digitrec: error: nothing to read in {' '.join(args.paths)}: no image files "
-              "(PNG, JPEG, GIF, BMP, TIFF, WebP, PNM)", file=sys.stderr)  # fmt: skip
+        print(
+            f"digitrec: error: nothing to read in {' '.join(args.paths)}: no image files "
+            "(PNG, JPEG, GIF, BMP, TIFF, WebP, PNM)",
+            file=sys.stderr,
+        )
         return 2
     recognizer = Recognizer.load(args.model, backend=args.backend)
+    store = _feedback_store(args.feedback_db) if args.ask else None
     # With --stages, files go in small batches whose pictures are written and dropped at once,
     # so memory does not grow with the number of files.
     batch = STAGES_BATCH if args.stages else max(len(paths), 1)
@@ -236,6 +275,8 @@ def cmd_recognize(args: argparse.Namespace) -> int:
         chunk_results = recognizer.recognize_many(chunk, stages=stages)
         for result in chunk_results:
             _print(result.to_json() if args.json else result.text())
+            if store is not None and not _ask_feedback(store, recognizer, result):
+                store = None  # the input ended: read the rest without asking
         if args.stages:
             _write_stages(args.stages, first, chunk, stages)
         results.extend(chunk_results)
@@ -291,8 +332,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         _print(f"    {part:13s} ok  sha256 {digest}...  from {source}")
     shapes = f"train {dataset.train_images.shape}, test {dataset.test_images.shape}"
     _print(f"    {shapes}, uint8 -> scaled 0..1")
-    preview = figures.preview(dataset.train_images, dataset.train_labels, dataset.classes,
-                              out / "preview.png")  # fmt: skip
+    preview = figures.preview(
+        dataset.train_images, dataset.train_labels, dataset.classes, out / "preview.png"
+    )
     _print(f"2/5 preview: {preview}")
     config = recipe("fast", seed=args.seed)
     splits = make_splits(dataset, DataConfig())
@@ -326,6 +368,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "feedback":
+        return bench_feedback(args)
     if args.what == "realworld":
         return bench_realworld(args)
     if args.what == "infer":
@@ -351,13 +395,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
             f"{label} in {run[key]:.1f}s" if run[key] is not None else f"{label} never"
             for label, key in (("99.0%", "time_to_99_0_s"), ("99.5%", "time_to_99_5_s"))
         )
-        _print(f"{name} seed {run['seed']}: final {run['final_test_accuracy']:.4f} after "
-               f"{run['epochs']:g} epochs; {reached}")  # fmt: skip
+        _print(
+            f"{name} seed {run['seed']}: final {run['final_test_accuracy']:.4f} after "
+            f"{run['epochs']:g} epochs; {reached}"
+        )
 
-    report = bench.run_benchmark(splits, recipes, args.seeds, args.device, args.budget_s,
-                                 args.max_epochs, on_result=show)  # fmt: skip
-    report["settings"] = {"subset": args.subset, "budget_s": args.budget_s,
-                          "max_epochs": args.max_epochs, "seeds": args.seeds}  # fmt: skip
+    report = bench.run_benchmark(
+        splits, recipes, args.seeds, args.device, args.budget_s, args.max_epochs, on_result=show
+    )
+    report["settings"] = {
+        "subset": args.subset,
+        "budget_s": args.budget_s,
+        "max_epochs": args.max_epochs,
+        "seeds": args.seeds,
+    }
     out = args.out or "bench-train.json"
     checkpoint.write_json(out, report)
     _print(bench.table(report))
@@ -388,11 +439,14 @@ def bench_scaling(args: argparse.Namespace) -> int:
 
         def show(nproc: int, run: dict, name: str = name) -> None:
             seconds, accuracy = run["seconds_per_epoch"], run["test_accuracy"]
-            _print(f"{name} on {nproc} process(es), seed {run['seed']}: {seconds:.2f} s/epoch, "
-                   f"test accuracy {accuracy:.4f}")  # fmt: skip
+            _print(
+                f"{name} on {nproc} process(es), seed {run['seed']}: {seconds:.2f} s/epoch, "
+                f"test accuracy {accuracy:.4f}"
+            )
 
-        result = bench.scaling(name, nprocs, args.seeds, args.subset, args.max_epochs,
-                               args.data_dir, on_result=show)  # fmt: skip
+        result = bench.scaling(
+            name, nprocs, args.seeds, args.subset, args.max_epochs, args.data_dir, on_result=show
+        )
         report["scaling"]["recipes"][name] = result
         checkpoint.write_json(out, report)
         _print(bench.scaling_table(result))
@@ -408,17 +462,21 @@ def bench_realworld(args: argparse.Namespace) -> int:
     kinds = _comma_list(args.kinds) if args.kinds else list(synth.KINDS)
     unknown = sorted(set(kinds) - set(synth.KINDS))
     if unknown or not kinds:
-        print(f"digitrec: error: --kinds takes some of {','.join(synth.KINDS)}; "
-              f"unknown: {','.join(unknown) or '(none given)'}", file=sys.stderr)  # fmt: skip
+        print(
+            f"digitrec: error: --kinds takes some of {','.join(synth.KINDS)}; "
+            f"unknown: {','.join(unknown) or '(none given)'}",
+            file=sys.stderr,
+        )
         return 2
     dataset = data.load("mnist", data_dir=args.data_dir)
-    items = realworld.make_set(dataset.test_images, dataset.test_labels, args.per_kind,
-                               kinds=kinds)  # fmt: skip
+    items = realworld.make_set(dataset.test_images, dataset.test_labels, args.per_kind, kinds=kinds)
     if args.write:
         _print(f"wrote {len(realworld.write_set(items, args.write))} files to {args.write}")
     recognizer = Recognizer.load(args.model)
-    report = {"model": recognizer.card.get("command") or args.model or "bundled",
-              **realworld.score(recognizer, items)}  # fmt: skip
+    report = {
+        "model": recognizer.card.get("command") or args.model or "bundled",
+        **realworld.score(recognizer, items),
+    }
     out = args.out or "bench-realworld.json"
     checkpoint.write_json(out, report)
     _print(realworld.table(report))
@@ -426,12 +484,59 @@ def bench_realworld(args: argparse.Namespace) -> int:
     return 0
 
 
+def bench_feedback(args: argparse.Namespace) -> int:
+    """A simulated writer's error after fine-tuning on 20, 50, 100 of their corrections, with
+    MNIST test accuracy and seconds per fine-tune; exit 3 when a target is missed."""
+    from digitrec import bench_feedback as writer_bench
+    from digitrec import checkpoint, data
+
+    try:
+        counts = [int(n) for n in _comma_list(args.corrections)]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        print(
+            "digitrec: error: --corrections takes counts of 1 or more, such as 20,50,100",
+            file=sys.stderr,
+        )
+        return 2
+    require("torch")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    config = writer_bench.benchmark_config(threads=args.threads)
+
+    def show(run: dict) -> None:
+        _print(
+            f"{run['corrections']} corrections: the writer's error {run['writer_error']:.2%}, "
+            f"MNIST test {run['mnist_test']:.2%} ({run['seconds']:.1f}s)"
+        )
+
+    dataset = data.load("mnist", data_dir=args.data_dir)
+    report = writer_bench.run_benchmark(
+        dataset, counts, model=args.model, config=config, data_dir=args.data_dir, on_result=show
+    )
+    out = args.out or "bench-feedback.json"
+    checkpoint.write_json(out, report)
+    _print(writer_bench.table(report))
+    _print(f"results: {out}")
+    if args.plot:
+        _print(f"plot: {writer_bench.plot(report, args.plot)}")
+    return 0 if writer_bench.met(report) else 3
+
+
 def bench_infer(args: argparse.Namespace) -> int:
     """PyTorch vs ONNX Runtime: digits/s at one batch size and `recognize` cold start."""
     from digitrec import checkpoint, export
 
-    report = export.bench_inference(args.model, batch=args.batch, seconds=args.seconds,
-                                    threads=args.threads, cold_starts=args.cold_starts)  # fmt: skip
+    report = export.bench_inference(
+        args.model,
+        batch=args.batch,
+        seconds=args.seconds,
+        threads=args.threads,
+        cold_starts=args.cold_starts,
+    )
     out = args.out or "bench-infer.json"
     checkpoint.write_json(out, report)
     _print(export.inference_table(report))
@@ -440,30 +545,44 @@ def bench_infer(args: argparse.Namespace) -> int:
 
 
 def bench_serve(args: argparse.Namespace) -> int:
-    """Requests/s and latency of the API under load on loopback; fails on any error."""
-    import numpy as np
-
-    from digitrec import checkpoint, data, serve, synth
+    """Requests/s and latency of `digitrec serve` under load on loopback, for 1 and N workers
+    and three images; driven by wrk when installed. Fails on any error."""
+    from digitrec import checkpoint, data, loadtest
+    from digitrec.config import available_cores
 
     try:
-        concurrency = [int(n) for n in _comma_list(args.concurrency)]
+        connections = [int(n) for n in _comma_list(args.concurrency)]
+        workers = [int(n) for n in _comma_list(args.workers)] or sorted({1, available_cores()})
     except ValueError:
-        concurrency = []
-    if not (concurrency and all(1 <= n <= serve.MAX_LOAD_CONCURRENCY for n in concurrency)
-            and 1 <= args.requests <= serve.MAX_LOAD_REQUESTS):  # fmt: skip
-        print(f"digitrec: error: --requests must be 1..{serve.MAX_LOAD_REQUESTS} and "
-              f"--concurrency numbers 1..{serve.MAX_LOAD_CONCURRENCY}, such as 16,64",
-              file=sys.stderr)  # fmt: skip
+        connections = workers = []
+    if not (
+        connections
+        and all(1 <= n <= loadtest.MAX_LOAD_CONCURRENCY for n in connections)
+        and workers
+        and all(1 <= n <= 64 for n in workers)
+        and args.seconds > 0
+        and 1 <= args.requests <= loadtest.MAX_LOAD_REQUESTS
+    ):
+        print(
+            f"digitrec: error: --concurrency numbers must be 1..{loadtest.MAX_LOAD_CONCURRENCY}"
+            f" (such as 1,16,64), --workers 1..64, --seconds above 0 and --requests "
+            f"1..{loadtest.MAX_LOAD_REQUESTS}",
+            file=sys.stderr,
+        )
         return 2
-    # A real digit as the drawing page sends it: MNIST's first test digit drawn on a canvas.
     dataset = data.load("mnist", data_dir=args.data_dir)
-    image, _, label = synth.render("canvas", [dataset.test_images[0]], np.random.default_rng(0),
-                                   labels=[int(dataset.test_labels[0])])  # fmt: skip
-    report = serve.bench_serve(image, label, model=args.model, requests=args.requests,
-                               concurrency=concurrency)  # fmt: skip
+    images = loadtest.bench_images(dataset.test_images, dataset.test_labels)
+    report = loadtest.bench_serve(
+        images,
+        workers=workers,
+        connections=connections,
+        seconds=args.seconds,
+        requests=args.requests,
+        model=args.model,
+    )
     out = args.out or "bench-serve.json"
     checkpoint.write_json(out, report)
-    _print(serve.load_table(report))
+    _print(loadtest.load_table(report))
     _print(f"results: {out}")
     return 3 if any(run["errors"] for run in report["runs"]) else 0
 
@@ -497,12 +616,124 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from digitrec.serve import run_server
+    from digitrec.serve import ServeConfig, run_server
 
+    try:
+        config = ServeConfig(
+            workers=args.workers, max_connections=args.max_connections, max_queue=args.max_queue
+        )
+    except ValueError as error:
+        print(f"digitrec: error: {error}", file=sys.stderr)
+        return 2
     run_server(
-        model=args.model, backend=args.backend, host=args.host, port=args.port,
+        config=config,
+        model=args.model,
+        backend=args.backend,
+        host=args.host,
+        port=args.port,
         cors_origins=args.cors_origin or [],
-    )  # fmt: skip
+        admin_token=args.admin_token,
+        feedback_db=args.feedback_db,
+    )
+    return 0
+
+
+def cmd_feedback(args: argparse.Namespace) -> int:
+    from digitrec import feedback
+
+    with _feedback_store(args.feedback_db) as store:
+        if args.action == "add":
+            from digitrec.recognize import Recognizer
+
+            recognizer = Recognizer.load(args.model, backend=args.backend)
+            _print(f"stored {feedback.record(store, recognizer, args.image, args.label).summary()}")
+        elif args.action == "list":
+            records = store.latest(args.limit)
+            table = [feedback.list_table(records)]
+            for line in [json.dumps(r.to_dict()) for r in records] if args.json else table:
+                _print(line)
+        elif args.action == "stats":
+            stats = store.stats()
+            _print(json.dumps(stats.to_dict()) if args.json else feedback.stats_table(stats))
+        elif args.action == "export":
+            labels = feedback.export(store, args.dir)
+            _print(f"exported {store.count()} records to {args.dir} (labels: {labels})")
+        elif not store.delete(args.id):
+            print(
+                f"digitrec: error: no feedback record {args.id} in "
+                f"{feedback.describe(store.location)}",
+                file=sys.stderr,
+            )
+            return 1
+        else:
+            _print(f"deleted feedback record {args.id}")
+    return 0
+
+
+def _feedback_store(location: str | None):
+    from digitrec.feedback import open_store
+
+    return open_store(location)
+
+
+def _ask_feedback(store, recognizer, result) -> bool:
+    """Ask whether ``result`` is right; store the answer confirmed or the number typed. False
+    when the input has ended (nothing more will be asked)."""
+    from digitrec import feedback, preprocess
+
+    if result.error is not None:
+        return True
+    while True:
+        print(
+            "right? [Enter = yes, or type the right number] ", end="", file=sys.stderr, flush=True
+        )
+        line = sys.stdin.readline()
+        if not line:
+            print(file=sys.stderr)
+            return False
+        label = line.strip() or feedback.answer_of(result)
+        if not label:
+            return True  # no digit read and none typed: nothing to learn from
+        try:
+            saved = store.add(
+                preprocess.read_bytes(result.path),
+                label,
+                result,
+                feedback.weights_digest(recognizer.card),
+            )
+        except feedback.FeedbackError as error:
+            print(f"  {error}", file=sys.stderr)
+            continue
+        except preprocess.ImageError as error:
+            print(f"  not stored: {result.path}: {error}", file=sys.stderr)
+            return True
+        print(f"  stored {saved.summary()}", file=sys.stderr)
+        return True
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
+    from digitrec.feedback import describe
+    from digitrec.finetune import FinetuneConfig, finetune, result_table
+
+    require("torch")  # before the store is opened or created
+    given = {f.name: getattr(args, f.name) for f in fields(FinetuneConfig)}
+    config = FinetuneConfig(**{name: value for name, value in given.items() if value is not None})
+    with _feedback_store(args.feedback) as store:
+        _print(
+            f"fine-tuning {args.model or 'the bundled model'} on the feedback in "
+            f"{describe(store.location)} -> {args.out}"
+        )
+        result = finetune(args.model, store, args.out, config, data_dir=args.data_dir)
+    _print(result_table(result))
+    if not result.accepted:
+        print(f"digitrec: refused: {result.reason}", file=sys.stderr)
+        return 3
+    _print(
+        f"saved {Path(args.out) / 'model.safetensors'} (`digitrec export {args.out}` writes "
+        "its ONNX file)"
+    )
     return 0
 
 
@@ -534,22 +765,36 @@ def _data_options(p: argparse.ArgumentParser) -> None:
 
 def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="run directory, .safetensors or .onnx (default: bundled)")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx"],
-                   help="torch (needs digitrec[train]), onnx (ONNX Runtime, no torch), or "
-                   "auto: ONNX for the bundled model and .onnx files, else torch when "
-                   "installed")  # fmt: skip
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "torch", "onnx"],
+        help="torch (needs digitrec[train]), onnx (ONNX Runtime, no torch), or "
+        "auto: ONNX for the bundled model and .onnx files, else torch when "
+        "installed",
+    )
 
 
 def _command(sub, name: str, func, help: str, example: str) -> argparse.ArgumentParser:
-    p = sub.add_parser(name, help=help, description=help, epilog=f"example:\n  {example}",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = sub.add_parser(
+        name,
+        help=help,
+        description=help,
+        epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.set_defaults(func=func)
     return p
 
 
 def _add_data(sub) -> None:
-    p = _command(sub, "data", cmd_data, "fetch, describe or preview the dataset",
-                 "digitrec data info --dataset fashion-mnist")  # fmt: skip
+    p = _command(
+        sub,
+        "data",
+        cmd_data,
+        "fetch, describe or preview the dataset",
+        "digitrec data info --dataset fashion-mnist",
+    )
     p.add_argument("action", choices=["fetch", "info", "preview"])
     _data_options(p)
     p.add_argument("--out", default="out/preview.png", help="preview PNG path")
@@ -558,19 +803,34 @@ def _add_data(sub) -> None:
 
 def _add_models(sub) -> None:
     _command(sub, "models", cmd_models, "list the registered models", "digitrec models")
-    p = _command(sub, "summary", cmd_summary, "layers and parameter counts of a model",
-                 "digitrec summary mlp")  # fmt: skip
+    p = _command(
+        sub,
+        "summary",
+        cmd_summary,
+        "layers and parameter counts of a model",
+        "digitrec summary mlp",
+    )
     p.add_argument("name", help="a registered model name, e.g. mlp or cnn")
 
 
 def _add_train(sub) -> None:
-    p = _command(sub, "train", cmd_train, "train a model and save a run directory",
-                 "digitrec train --recipe fast --seed 1 --out runs/mine")  # fmt: skip
-    p.add_argument("--recipe",
-                   help="fast, fast-long, accurate, ensemble, robust, article, reference-pytorch "
-                   "or reference-keras (default fast)")  # fmt: skip
-    p.add_argument("--model", help="train this registered model instead of the recipe's, with "
-                   "its own default sizes (see `digitrec models`)")  # fmt: skip
+    p = _command(
+        sub,
+        "train",
+        cmd_train,
+        "train a model and save a run directory",
+        "digitrec train --recipe fast --seed 1 --out runs/mine",
+    )
+    p.add_argument(
+        "--recipe",
+        help="fast, fast-long, accurate, ensemble, robust, article, reference-pytorch "
+        "or reference-keras (default fast)",
+    )
+    p.add_argument(
+        "--model",
+        help="train this registered model instead of the recipe's, with "
+        "its own default sizes (see `digitrec models`)",
+    )
     p.add_argument("--epochs", type=float, help="override the recipe's epochs")
     p.add_argument("--batch-size", type=int, help="override the recipe's batch size")
     p.add_argument("--learning-rate", type=float, help="override the recipe's learning rate")
@@ -579,82 +839,172 @@ def _add_train(sub) -> None:
     p.add_argument("--device", help="cpu or cuda (default cpu)")
     p.add_argument("--subset", type=int, help="train on the first N training images only")
     p.add_argument("--out", help="run directory (default runs/RECIPE-MODEL-sSEED)")
-    p.add_argument("--resume", metavar="RUN_DIR",
-                   help="continue an interrupted run with its own settings (flags given must "
-                   "agree with them)")  # fmt: skip
-    p.add_argument("--checkpoint-every", type=int, metavar="STEPS",
-                   help="save the training state every STEPS steps as well as at each epoch's "
-                   "end (default 100; 0: epoch ends only)")  # fmt: skip
-    p.add_argument("--parallel-members", action="store_true",
-                   help="under torchrun: train an ensemble's members one per process, "
-                   "not data-parallel")  # fmt: skip
-    p.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
-                   help="under torchrun: give up when the other processes do not answer for "
-                   "this long (default %(default)g)")  # fmt: skip
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue an interrupted run with its own settings (flags given must agree with them)",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        metavar="STEPS",
+        help="save the training state every STEPS steps as well as at each epoch's "
+        "end (default 100; 0: epoch ends only)",
+    )
+    p.add_argument(
+        "--parallel-members",
+        action="store_true",
+        help="under torchrun: train an ensemble's members one per process, not data-parallel",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="under torchrun: give up when the other processes do not answer for "
+        "this long (default %(default)g)",
+    )
     _data_options(p)
     p.set_defaults(dataset=None)  # default mnist; unset, so --resume can tell it was left out
 
 
 def _add_evaluate(sub) -> None:
-    p = _command(sub, "evaluate", cmd_evaluate,
-                 "test a trained run; --report writes an HTML report",
-                 "digitrec evaluate runs/fast-fastcnn-s0 --report out/report")  # fmt: skip
-    p.add_argument("runs", nargs="+", metavar="run",
-                   help="run directory; several: test their vote (mean probability)")  # fmt: skip
+    p = _command(
+        sub,
+        "evaluate",
+        cmd_evaluate,
+        "test a trained run; --report writes an HTML report",
+        "digitrec evaluate runs/fast-fastcnn-s0 --report out/report",
+    )
+    p.add_argument(
+        "runs",
+        nargs="+",
+        metavar="run",
+        help="run directory; several: test their vote (mean probability)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--report", metavar="DIR", help="write report.html and figures here")
     p.add_argument("--data-dir", help="folder with the four IDX files")
 
 
 def _add_recognize(sub) -> None:
-    p = _command(sub, "recognize", cmd_recognize, "read the digits in image files or folders",
-                 "digitrec recognize examples/ --json")  # fmt: skip
+    p = _command(
+        sub,
+        "recognize",
+        cmd_recognize,
+        "read the digits in image files or folders",
+        "digitrec recognize examples/ --json",
+    )
     p.add_argument("paths", nargs="+", help="image files or folders")
     _model_options(p)
     p.add_argument("--json", action="store_true", help="one JSON object per input")
     p.add_argument("--plot", metavar="FILE", help="draw each image with its answer")
-    p.add_argument("--stages", metavar="DIR",
-                   help="save each preprocessing step as a PNG, one folder per "
-                   "input file")  # fmt: skip
+    p.add_argument(
+        "--stages",
+        metavar="DIR",
+        help="save each preprocessing step as a PNG, one folder per input file",
+    )
+    p.add_argument(
+        "--ask",
+        action="store_true",
+        help="after each answer ask whether it is right (answers are read from "
+        "standard input) and store the right number as feedback (see `digitrec "
+        "feedback`)",
+    )
+    _feedback_db_option(p)
 
 
 def _add_bench(sub) -> None:
-    p = _command(sub, "bench", cmd_bench,
-                 "benchmarks: training time to accuracy, real-world reading, inference, serving",
-                 "digitrec bench realworld --per-kind 20")  # fmt: skip
-    p.add_argument("what", choices=["train", "realworld", "infer", "serve"],
-                   help="what to benchmark")  # fmt: skip
-    p.add_argument("--recipes", help="train: comma-separated recipes (default fast,fast-long,"
-                   "reference-pytorch,reference-keras; with --nproc: fast)")  # fmt: skip
+    p = _command(
+        sub,
+        "bench",
+        cmd_bench,
+        "benchmarks: training time to accuracy, real-world reading, inference, "
+        "serving, learning from corrections",
+        "digitrec bench realworld --per-kind 20",
+    )
+    p.add_argument(
+        "what",
+        choices=["train", "realworld", "infer", "serve", "feedback"],
+        help="what to benchmark",
+    )
+    p.add_argument(
+        "--recipes",
+        help="train: comma-separated recipes (default fast,fast-long,"
+        "reference-pytorch,reference-keras; with --nproc: fast)",
+    )
     p.add_argument("--seeds", type=int, default=3, help="seeds per recipe")
     p.add_argument("--out", help="JSON results file (default bench-WHAT.json)")
-    p.add_argument("--plot", metavar="FILE", help="time-versus-accuracy plot (PNG)")
-    p.add_argument("--model", help="realworld, serve: run directory or .onnx; infer: run "
-                   "directory or .safetensors (default: bundled)")  # fmt: skip
+    p.add_argument(
+        "--plot",
+        metavar="FILE",
+        help="train: time-versus-accuracy plot; feedback: error-versus-corrections plot (PNG)",
+    )
+    p.add_argument(
+        "--model",
+        help="realworld, serve: run directory or .onnx; infer, "
+        "feedback: run directory or .safetensors (default: bundled)",
+    )
+    _bench_run_options(p)
+
+
+def _bench_run_options(p: argparse.ArgumentParser) -> None:
+    """The options of `digitrec bench` that only some benchmarks read."""
     p.add_argument("--batch", type=int, default=1024, help="infer: digits per model call")
-    p.add_argument("--seconds", type=float, default=3.0, help="infer: timing per backend")
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=3.0,
+        help="infer: timing per backend; serve: length of each run",
+    )
     p.add_argument("--cold-starts", type=int, default=5, help="infer: recognize runs to time")
     p.add_argument("--per-kind", type=int, default=100, help="realworld: files per kind")
+    p.add_argument(
+        "--corrections",
+        default="20,50,100",
+        metavar="N,M",
+        help="feedback: corrections per fine-tune, one run each (default %(default)s)",
+    )
     p.add_argument("--requests", type=int, default=5000, help="serve: requests per run")
-    p.add_argument("--concurrency", default="16,64", metavar="N,M",
-                   help="serve: clients at once, one run each (default %(default)s)")  # fmt: skip
-    p.add_argument("--kinds", metavar="K,K", help="realworld: only these kinds of file "
-                   "(default: all)")  # fmt: skip
+    p.add_argument(
+        "--concurrency",
+        default="1,16,64",
+        metavar="N,M",
+        help="serve: connections at once, one run each (default %(default)s)",
+    )
+    p.add_argument(
+        "--workers",
+        metavar="N,M",
+        help="serve: server worker processes, one set of runs each (default: 1 and one per core)",
+    )
+    p.add_argument(
+        "--kinds", metavar="K,K", help="realworld: only these kinds of file (default: all)"
+    )
     p.add_argument("--write", metavar="DIR", help="realworld: also write the files here")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--threads", type=int, help="torch (and infer: onnxruntime) threads "
-                   "(default: all cores)")  # fmt: skip
+    p.add_argument(
+        "--threads", type=int, help="torch (and infer: onnxruntime) threads (default: all cores)"
+    )
     p.add_argument("--budget-s", type=float, help="stop a run after this much training time")
     p.add_argument("--max-epochs", type=float, help="cap every recipe's epochs")
-    p.add_argument("--nproc", metavar="N,M", help="train: seconds per epoch on N, M, ... "
-                   "processes of this machine (torchrun), sharing its cores")  # fmt: skip
+    p.add_argument(
+        "--nproc",
+        metavar="N,M",
+        help="train: seconds per epoch on N, M, ... "
+        "processes of this machine (torchrun), sharing its cores",
+    )
     p.add_argument("--subset", type=int, help="train on the first N images (quick checks)")
     p.add_argument("--data-dir", help="folder with the four IDX files")
 
 
 def _add_export(sub) -> None:
-    p = _command(sub, "export", cmd_export, "export a run to ONNX, checked against PyTorch",
-                 "digitrec export runs/fast-fastcnn-s0 --out model.onnx")  # fmt: skip
+    p = _command(
+        sub,
+        "export",
+        cmd_export,
+        "export a run to ONNX, checked against PyTorch",
+        "digitrec export runs/fast-fastcnn-s0 --out model.onnx",
+    )
     p.add_argument("run", help="run directory or .safetensors file")
     p.add_argument("--format", default="onnx", choices=["onnx"], help="only ONNX for now")
     p.add_argument("--out", help="output file (default RUN_DIR/model.onnx)")
@@ -662,9 +1012,13 @@ def _add_export(sub) -> None:
 
 
 def _add_explain(sub) -> None:
-    p = _command(sub, "explain", cmd_explain,
-                 "kernels, activation maps, softmax, saliency of an image",
-                 "digitrec explain examples/04-canvas-3.png --out out/explain")  # fmt: skip
+    p = _command(
+        sub,
+        "explain",
+        cmd_explain,
+        "kernels, activation maps, softmax, saliency of an image",
+        "digitrec explain examples/04-canvas-3.png --out out/explain",
+    )
     p.add_argument("image", nargs="?", help="an image file")
     p.add_argument("--model", help="run directory (default: bundled)")
     p.add_argument("--out", default="out/explain", help="folder for the figures and explain.html")
@@ -674,34 +1028,164 @@ def _add_explain(sub) -> None:
 
 
 def _add_serve(sub) -> None:
-    p = _command(sub, "serve", cmd_serve, "REST API and drawing page",
-                 "digitrec serve --host 0.0.0.0 --port 8080")  # fmt: skip
+    p = _command(
+        sub,
+        "serve",
+        cmd_serve,
+        "REST API and drawing page",
+        "digitrec serve --host 0.0.0.0 --port 8080",
+    )
     _model_options(p)
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on; 0.0.0.0 for every interface "
-                   "(default %(default)s)")  # fmt: skip
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on; 0.0.0.0 for every interface (default %(default)s)",
+    )
     p.add_argument("--port", type=int, default=8000, help="TCP port (default %(default)s)")
     p.add_argument("--cors-origin", action="append", help="allow this origin (repeatable)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes, each with its own model and its share of the cores "
+        "(default %(default)s; see the README on sizing)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=256,
+        help="open sockets per worker; more are answered 503 (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=64,
+        help="images being read or waiting per worker; more are answered 503 with "
+        "Retry-After (default %(default)s)",
+    )
+    p.add_argument(
+        "--admin-token",
+        default=os.environ.get("DIGITREC_ADMIN_TOKEN"),
+        help="turn on POST /api/model/reload for requests with this Bearer token "
+        "(default: $DIGITREC_ADMIN_TOKEN, which other users cannot see in the "
+        "process list; unset: reload is off)",
+    )
+    _feedback_db_option(p)
 
 
 def _add_demo(sub) -> None:
-    p = _command(sub, "demo", cmd_demo, "the whole pipeline end to end (what `make run` runs)",
-                 "digitrec demo --out out/demo")  # fmt: skip
+    p = _command(
+        sub,
+        "demo",
+        cmd_demo,
+        "the whole pipeline end to end (what `make run` runs)",
+        "digitrec demo --out out/demo",
+    )
     p.add_argument("--out", default="out/demo", help="where figures and the run go")
     p.add_argument("--examples", default=str(EXAMPLES_DIR), help="folder of images to read")
     p.add_argument("--seed", type=int, default=0, help="random seed of the training run")
     p.add_argument("--data-dir", help="folder with the four IDX files")
 
 
+def _feedback_db_option(p: argparse.ArgumentParser, flag: str = "--feedback-db") -> None:
+    p.add_argument(
+        flag,
+        metavar="PATH_OR_URL",
+        help="feedback store: an SQLite file or a postgresql:// URL (default: "
+        "$DIGITREC_FEEDBACK_DB, else ~/.local/share/digitrec/feedback.db)",
+    )
+
+
+def _add_feedback(sub) -> None:
+    p = _command(
+        sub,
+        "feedback",
+        cmd_feedback,
+        "store images with the right number; list, count, export or delete them",
+        "digitrec feedback add photo.jpg --label 42",
+    )
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = actions.add_parser("add", help="read an image and store it with the right number")
+    add.add_argument("image", help="an image file")
+    add.add_argument(
+        "--label", required=True, help="the right text: digits and . , - / : (at most 32)"
+    )
+    _model_options(add)
+    listing = actions.add_parser("list", help="the newest records")
+    listing.add_argument("--limit", type=int, default=20, help="how many (default %(default)s)")
+    listing.add_argument("--json", action="store_true", help="one JSON object per record")
+    stats = actions.add_parser("stats", help="records per digit and how often the model erred")
+    stats.add_argument("--json", action="store_true", help="print JSON")
+    export = actions.add_parser("export", help="write every image and a labels.csv to DIR")
+    export.add_argument("dir", help="output folder")
+    delete = actions.add_parser("delete", help="remove one record")
+    delete.add_argument("id", type=int, help="the record's id (see `digitrec feedback list`)")
+    for each in (add, listing, stats, export, delete):
+        _feedback_db_option(each)
+
+
+def _add_finetune(sub) -> None:
+    from digitrec.finetune import FinetuneConfig
+
+    defaults = FinetuneConfig()
+    p = _command(
+        sub,
+        "finetune",
+        cmd_finetune,
+        "fine-tune a model on the feedback, refused if MNIST test accuracy falls",
+        "digitrec finetune --feedback feedback.db --out runs/tuned",
+    )
+    p.add_argument(
+        "--model", help="run directory or .safetensors to start from (default: the bundled model)"
+    )
+    _feedback_db_option(p, "--feedback")
+    p.add_argument("--out", required=True, help="run directory to write")
+    options = {
+        "steps": (int, "training steps"),
+        "batch_size": (int, "digits per step"),
+        "learning_rate": (float, "Adam's learning rate"),
+        "replay": (int, "MNIST training digits replayed per feedback digit"),
+        "min_replay": (int, "MNIST digits replayed at least"),
+        "holdout": (float, "fraction of the usable records held out to measure"),
+        "seed": (int, "random seed"),
+        "max_test_drop": (
+            float,
+            "refuse a model whose MNIST test accuracy falls more than this (0.001: 0.1 points)",
+        ),
+        "until_id": (int, "only records with ids up to this one"),
+        "test_images": (int, "measure on the first N MNIST test digits"),
+        "threads": (int, "torch threads"),
+    }
+    for name, (kind, text) in options.items():
+        default = getattr(defaults, name)
+        shown = "all" if default is None and name != "threads" else default
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, help=f"{text} (default {shown})")
+    p.add_argument("--data-dir", help="folder with MNIST's four IDX files")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="digitrec", description="Recognize handwritten digits: train, evaluate, read images.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
+        prog="digitrec",
+        description="Recognize handwritten digits: train, evaluate, read images.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"digitrec {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_data, _add_models, _add_train, _add_evaluate, _add_recognize, _add_bench,
-                _add_export, _add_explain, _add_serve, _add_demo):  # fmt: skip
+    for add in (
+        _add_data,
+        _add_models,
+        _add_train,
+        _add_evaluate,
+        _add_recognize,
+        _add_bench,
+        _add_export,
+        _add_explain,
+        _add_serve,
+        _add_demo,
+        _add_feedback,
+        _add_finetune,
+    ):
         add(sub)
     return parser
 
@@ -716,12 +1200,13 @@ EXTRAS = {
     "uvicorn": "serve",
     "multipart": "serve",
     "python_multipart": "serve",
+    "prometheus_client": "serve",
     "httpx": "dev",
 }
 
 
 def missing_extra(error: ModuleNotFoundError) -> str | None:
-    """"needs torch, which is not installed: pip install 'digitrec[train]'", or None when the
+    """ "needs torch, which is not installed: pip install 'digitrec[train]'", or None when the
     missing module is not one of an extra's."""
     module = (error.name or "").split(".")[0]
     if module not in EXTRAS:
@@ -774,8 +1259,11 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(error, known):
             print(f"digitrec: error: {error_line(error)}", file=sys.stderr)
             return 1
-        print(f"digitrec: internal error: {type(error).__name__}: {error_line(error)} "
-              "(DIGITREC_DEBUG=1 shows the traceback)", file=sys.stderr)  # fmt: skip
+        print(
+            f"digitrec: internal error: {type(error).__name__}: {error_line(error)} "
+            "(DIGITREC_DEBUG=1 shows the traceback)",
+            file=sys.stderr,
+        )
         return 1
 
 

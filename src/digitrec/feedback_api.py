@@ -176,7 +176,7 @@ class ModelSwap:
         with self.lock:
             config = getattr(app.state, "config", None)
             # The threads `create_app` gives the model, so a reload changes nothing else.
-            threads = config.model_threads() if config is not None else None
+            threads = config.worker_threads() if config is not None else None
             loaded = Recognizer.load(wanted.model or self.model, self.backend, threads=threads)
             # One assignment: a request reads app.state.recognizer once, so it finishes on
             # whichever model it found.

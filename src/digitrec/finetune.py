@@ -110,17 +110,25 @@ def _finetune(
     before = measure(calibrated, held_images, held_labels, test)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        replayed = tune(calibrated.model, train_images, train_labels, splits, config,
-                        label_smoothing(card))  # fmt: skip
+        replayed = tune(
+            calibrated.model, train_images, train_labels, splits, config, label_smoothing(card)
+        )
     temperature = refit_temperature(calibrated.model, splits)
     tuned = type(calibrated)(calibrated.model, temperature).eval()
     after = measure(tuned, held_images, held_labels, test)
     result = FinetuneResult(
-        accepted=True, reason="", before=before, after=after,
-        trained_records=[r.id for r in trained], held_out_records=[r.id for r in held_out],
-        trained_digits=len(train_labels), held_out_digits=len(held_labels),
-        replayed_digits=replayed, temperature=temperature, seconds=0.0,
-    )  # fmt: skip
+        accepted=True,
+        reason="",
+        before=before,
+        after=after,
+        trained_records=[r.id for r in trained],
+        held_out_records=[r.id for r in held_out],
+        trained_digits=len(train_labels),
+        held_out_digits=len(held_labels),
+        replayed_digits=replayed,
+        temperature=temperature,
+        seconds=0.0,
+    )
     drop = before["mnist_test"] - after["mnist_test"]
     if drop > config.max_test_drop:
         result.accepted = False
@@ -276,8 +284,17 @@ def tuned_card(
     temperature and metrics, and what it was fine-tuned on."""
     from datetime import UTC, datetime
 
-    kept = ("model", "model_args", "members", "parameters", "classes", "input", "dataset",
-            "recipe_name", "recipe")  # fmt: skip
+    kept = (
+        "model",
+        "model_args",
+        "members",
+        "parameters",
+        "classes",
+        "input",
+        "dataset",
+        "recipe_name",
+        "recipe",
+    )
     return {
         **{key: card[key] for key in kept if key in card},
         "temperature": result.temperature,

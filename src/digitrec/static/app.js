@@ -168,6 +168,7 @@ document.addEventListener("keydown", (event) => {
 
 function changed() {
   generation += 1;
+  drawingChanged();
   undoButton.disabled = !strokes.length;
   clearButton.disabled = !strokes.length;
   if (!strokes.length) {
@@ -185,6 +186,24 @@ function changed() {
   }
 }
 
+// The image sent is the canvas scaled down to SEND_MAX_SIDE pixels on its longer side at most,
+// whatever the screen: the model sees 28x28, and a canvas at display size times the pixel ratio
+// takes the server several times longer to decode and search for ink. The brush scales with the
+// canvas, so a stroke stays several pixels wide.
+const SEND_MAX_SIDE = 280;
+
+function imageToSend() {
+  const scale = Math.min(1, SEND_MAX_SIDE / Math.max(canvas.width, canvas.height));
+  const small = document.createElement("canvas");
+  small.width = Math.max(1, Math.round(canvas.width * scale));
+  small.height = Math.max(1, Math.round(canvas.height * scale));
+  const pen = small.getContext("2d");
+  pen.imageSmoothingEnabled = true;
+  pen.imageSmoothingQuality = "high"; // averages the pixels it drops: no broken thin lines
+  pen.drawImage(canvas, 0, 0, small.width, small.height);
+  return new Promise((resolve) => small.toBlob(resolve, "image/png"));
+}
+
 async function send() {
   timer = null;
   if (inFlight || !dirty) {
@@ -194,7 +213,7 @@ async function send() {
   inFlight = true;
   const asked = generation;
   try {
-    const image = await new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
+    const image = await imageToSend();
     const response = await fetch("api/recognize?stages=1", {
       method: "POST",
       headers: { "Content-Type": "image/png" },
@@ -204,6 +223,7 @@ async function send() {
     if (asked === generation) {
       if (response.ok) {
         show(body);
+        readingShown(image, body);
       } else {
         showError(body.detail || `server answered ${response.status}`);
       }
@@ -300,6 +320,144 @@ function digitCard(digit, index) {
   card.append(seen, bars);
   return card;
 }
+
+// --- feedback and photos ------------------------------------------------------------------
+//
+// Under an answer, "Right" stores the image read with that answer and "Wrong?" with the number
+// typed (POST api/feedback), so the model can later be fine-tuned on them. A photo or image file
+// is read by the same api/recognize and shown with a box around each digit found.
+
+const MAX_PHOTO_WIDTH = 640; // display pixels: boxes stay legible, large photos stay light
+const LABEL_PATTERN = /^[0-9.,\-\/:\n]{1,32}$/; // what the feedback store accepts
+const feedbackBox = document.getElementById("feedback");
+const rightButton = document.getElementById("right");
+const correctionForm = document.getElementById("correction");
+const correctInput = document.getElementById("correct");
+const feedbackStatus = document.getElementById("feedback-status");
+const photoInput = document.getElementById("photo");
+const photoFigure = document.getElementById("photo-figure");
+const photoView = document.getElementById("photo-view");
+let lastReading = null; // {image: Blob, text}: what the answer on screen was read from
+
+// An answer is on screen for `image` (null: none is); feedback is offered only for digits.
+function readingShown(image, result) {
+  const read = result && result.digits.some((digit) => !digit.not_digit);
+  lastReading = image && read ? { image, text: result.text || result.number } : null;
+  feedbackBox.hidden = lastReading === null;
+  correctInput.value = "";
+  setFeedbackStatus("", "");
+}
+
+function drawingChanged() {
+  readingShown(null, null);
+  photoFigure.hidden = true;
+}
+
+function setFeedbackStatus(text, state) {
+  feedbackStatus.textContent = text;
+  feedbackStatus.dataset.state = state;
+}
+
+async function sendFeedback(label) {
+  if (lastReading === null) {
+    return;
+  }
+  const form = new FormData();
+  form.append("file", lastReading.image, lastReading.image.name || "drawing.png");
+  form.append("label", label);
+  setFeedbackStatus("saving...", "pending");
+  try {
+    const response = await fetch("api/feedback", { method: "POST", body: form });
+    const body = await response.json();
+    if (!response.ok) {
+      setFeedbackStatus(body.detail || `server answered ${response.status}`, "error");
+      return;
+    }
+    const note = body.usable ? "" : ` (kept aside: ${body.reason})`;
+    setFeedbackStatus(`Thank you: saved as record ${body.id}${note}`, "saved");
+  } catch (error) {
+    setFeedbackStatus("the server cannot be reached", "error");
+  }
+}
+
+rightButton.addEventListener("click", () => {
+  if (lastReading !== null) {
+    sendFeedback(lastReading.text);
+  }
+});
+
+correctionForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const label = correctInput.value.trim();
+  if (!label) {
+    setFeedbackStatus("type the right number first", "error");
+    return;
+  }
+  // The server checks the label too; this only saves a round trip for a typing slip.
+  if (!LABEL_PATTERN.test(label) || !/[0-9]/.test(label)) {
+    setFeedbackStatus("the right number may hold only digits and . , - / :", "error");
+    return;
+  }
+  sendFeedback(label);
+});
+
+async function readPhoto(file) {
+  generation += 1; // an answer for the drawing still on its way is no longer wanted
+  readingShown(null, null);
+  answer.dataset.state = "pending";
+  const form = new FormData();
+  form.append("file", file, file.name || "photo");
+  try {
+    const response = await fetch("api/recognize?stages=1", { method: "POST", body: form });
+    const body = await response.json();
+    if (!response.ok) {
+      photoFigure.hidden = true;
+      showError(body.detail || `server answered ${response.status}`);
+      return;
+    }
+    show(body);
+    readingShown(file, body);
+    await drawPhoto(file, body.digits);
+  } catch (error) {
+    photoFigure.hidden = true;
+    showError("the server cannot be reached");
+  }
+}
+
+// The photo, scaled to fit, with a box around each digit read (dashed: not a digit).
+async function drawPhoto(file, digits) {
+  let bitmap;
+  try {
+    bitmap = await createImageBitmap(file); // upright by its EXIF, as the server reads it
+  } catch (error) {
+    photoFigure.hidden = true; // a format this browser cannot show; the answer stands
+    return;
+  }
+  const scale = Math.min(1, MAX_PHOTO_WIDTH / bitmap.width);
+  photoView.width = Math.max(1, Math.round(bitmap.width * scale));
+  photoView.height = Math.max(1, Math.round(bitmap.height * scale));
+  const view = photoView.getContext("2d");
+  view.drawImage(bitmap, 0, 0, photoView.width, photoView.height);
+  view.lineWidth = 2;
+  view.font = "bold 16px system-ui, sans-serif";
+  for (const digit of digits) {
+    const [x, y, width, height] = digit.box.map((value) => value * scale);
+    view.strokeStyle = digit.not_digit ? "#b25b00" : "#2458d6";
+    view.setLineDash(digit.not_digit ? [4, 3] : []);
+    view.strokeRect(x, y, width, height);
+    if (!digit.not_digit) {
+      view.fillStyle = "#2458d6";
+      view.fillText(String(digit.digit), x, Math.max(14, y - 4));
+    }
+  }
+  photoFigure.hidden = false;
+}
+
+photoInput.addEventListener("change", () => {
+  if (photoInput.files.length) {
+    readPhoto(photoInput.files[0]);
+  }
+});
 
 // --- start --------------------------------------------------------------------------------
 
