@@ -547,8 +547,13 @@ def bench_infer(args: argparse.Namespace) -> int:
 def bench_serve(args: argparse.Namespace) -> int:
     """Requests/s and latency of `digitrec serve` under load on loopback, for 1 and N workers
     and three images; driven by wrk when installed. Fails on any error."""
+    import importlib
+
     from digitrec import checkpoint, data, loadtest
     from digitrec.config import available_cores
+
+    # The server's extra, named in one line now rather than by a server that fails to start.
+    importlib.import_module("digitrec.serve")
 
     try:
         connections = [int(n) for n in _comma_list(args.concurrency)]
