@@ -40,15 +40,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
-from prometheus_client.multiprocess import MultiProcessCollector
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -309,7 +300,17 @@ def create_app(
         redoc_url=None,
         lifespan=warm_up_on_start,
     )
-    set_up_state(app, recognizer, config)
+    app.state.config = config
+    app.state.recognizer = Recognizer(LockedBackend(recognizer.backend), recognizer.card)
+    # Decoding and preprocessing dominate a request. One thread per core, the rest queued in
+    # order: a larger pool fights over the GIL and serves some requests far later than others.
+    app.state.workers = ThreadPoolExecutor(config.worker_threads(), thread_name_prefix="recognize")
+    app.state.queue = Gate(config.max_queue)
+    app.state.turns = Gate(config.worker_threads(), config.max_queue)
+    app.state.uploads = Gate(config.max_uploads, config.upload_queue)
+    app.state.ready = False
+    app.state.warm_up_error = None
+    app.state.metrics = Metrics(recognizer.card, _backend(recognizer))
     app.add_exception_handler(RequestValidationError, one_line_validation_error)
     if cors_origins:
         app.add_middleware(
@@ -334,21 +335,6 @@ def create_app(
     add_docs(app)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
-
-
-def set_up_state(app: FastAPI, recognizer: Recognizer, config: ServeConfig) -> None:
-    """What the handlers share: the model, the threads that read images, the bounds, metrics."""
-    app.state.config = config
-    app.state.recognizer = Recognizer(LockedBackend(recognizer.backend), recognizer.card)
-    # Decoding and preprocessing dominate a request. One thread per core, the rest queued in
-    # order: a larger pool fights over the GIL and serves some requests far later than others.
-    app.state.workers = ThreadPoolExecutor(config.worker_threads(), thread_name_prefix="recognize")
-    app.state.turns = Gate(config.worker_threads(), config.max_queue)  # in order, for `workers`
-    app.state.queue = Gate(config.max_queue)
-    app.state.uploads = Gate(config.max_uploads, config.upload_queue)
-    app.state.ready = False
-    app.state.warm_up_error = None
-    app.state.metrics = Metrics(recognizer.card, _backend(recognizer))
 
 
 def add_recognize(app: FastAPI) -> None:
@@ -426,9 +412,7 @@ def add_status(app: FastAPI) -> None:
         state = request.app.state
         if not state.ready:
             why = state.warm_up_error or "the model has not answered its warm-up request yet"
-            raise HTTPException(
-                503, f"not ready: {why}", headers={"Retry-After": str(RETRY_AFTER_S)}
-            )
+            raise HTTPException(503, f"not ready: {why}", headers={"Retry-After": "1"})
         return Readiness(status="ready", model=str(state.recognizer.card.get("model", "?")))
 
     @app.get("/api/model", response_model=ModelCard, summary="The model card")
@@ -835,6 +819,8 @@ class Metrics:
     """
 
     def __init__(self, card: dict[str, Any], backend: str) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self.registry = CollectorRegistry()
         self.requests = Counter(
@@ -871,6 +857,9 @@ class Metrics:
 
     def exposition(self) -> tuple[bytes, str]:
         """The metrics in Prometheus's text format, and its media type."""
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+        from prometheus_client.multiprocess import MultiProcessCollector
+
         registry = self.registry
         if self.multiprocess:
             registry = CollectorRegistry()
