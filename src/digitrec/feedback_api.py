@@ -16,7 +16,6 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from digitrec import feedback
 from digitrec.checkpoint import ModelError
@@ -26,6 +25,7 @@ from digitrec.serve import (
     MAX_REQUEST_BYTES,
     LockedBackend,
     Problem,
+    form_file,
     read_body,
     read_digits,
     refused,
@@ -249,28 +249,8 @@ async def read_feedback_form(request: Request) -> tuple[bytes, str]:
             415, "send multipart/form-data with a field 'file' (the image) and a field 'label'"
         )
     body = await read_body(request, MAX_REQUEST_BYTES)
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    try:
-        form = await Request(request.scope, receive).form(
-            max_files=1, max_fields=16, max_part_size=MAX_REQUEST_BYTES
-        )
-    except StarletteHTTPException as error:  # Starlette's message for a malformed form
-        raise HTTPException(422, f"malformed multipart body ({error.detail})") from None
-    try:
-        upload, label = form.get("file"), form.get("label")
-        if upload is None or isinstance(upload, str):
-            raise HTTPException(422, "the multipart form has no file field named 'file'")
-        if not isinstance(label, str):
-            raise HTTPException(422, "the multipart form has no text field named 'label'")
-        data = await upload.read()
-        if not data:
-            raise HTTPException(422, "the uploaded file is empty")
-        return data, label
-    finally:
-        await form.close()
+    data, _, texts = await form_file(request, body, fields=("label",))
+    return data, texts["label"]
 
 
 def check_admin(request: Request, admin_token: str | None) -> None:

@@ -539,7 +539,8 @@ async def read_image(request: Request) -> tuple[bytes, str]:
         if not body:
             raise HTTPException(422, "empty request body: send an image")
         return body, "<body>"
-    return await form_file(request, body)
+    data, name, _ = await form_file(request, body)
+    return data, name
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -589,8 +590,11 @@ async def receive_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def form_file(request: Request, body: bytes) -> tuple[bytes, str]:
-    """The field `file` of a multipart body already read into memory."""
+async def form_file(
+    request: Request, body: bytes, fields: tuple[str, ...] = ()
+) -> tuple[bytes, str, dict[str, str]]:
+    """The field `file` of a multipart body already read into memory: (its bytes, its name,
+    the text ``fields`` asked for, each required)."""
 
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": body, "more_body": False}
@@ -605,10 +609,14 @@ async def form_file(request: Request, body: bytes) -> tuple[bytes, str]:
         upload = form.get("file")
         if upload is None or isinstance(upload, str):
             raise HTTPException(422, "the multipart form has no file field named 'file'")
+        texts = {name: form.get(name) for name in fields}
+        for name, value in texts.items():
+            if not isinstance(value, str):
+                raise HTTPException(422, f"the multipart form has no text field named '{name}'")
         data = await upload.read()
         if not data:
             raise HTTPException(422, "the uploaded file is empty")
-        return data, upload.filename or "<upload>"
+        return data, upload.filename or "<upload>", texts
     finally:
         await form.close()
 
