@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from digitrec import bench
+from digitrec.bench import training as bench
 from digitrec.cli import main
 from digitrec.config import DataConfig, recipe
 from digitrec.train import Split, fit, make_splits

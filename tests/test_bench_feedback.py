@@ -10,7 +10,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from digitrec import bench_feedback
+from digitrec.bench import feedback as bench_feedback
 from digitrec.checkpoint import write_json
 from digitrec.cli import main
 from digitrec.recognize import Recognizer

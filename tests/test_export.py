@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from digitrec import checkpoint, export
+from digitrec.bench import inference
 from digitrec.checkpoint import ModelError
 from digitrec.cli import main
 from digitrec.recognize import Recognizer, load_model
@@ -135,7 +136,10 @@ def test_an_ensemble_exports_as_one_graph(mnist, tmp_path):
     )
 
 
-def test_bench_infer_writes_both_backends_side_by_side(tiny_run, tmp_path, capsys):
+def test_bench_infer_writes_both_backends_side_by_side(tiny_run, tmp_path, capsys, monkeypatch):
+    # A speed any machine reaches and a cold start none does: one target met, one missed.
+    monkeypatch.setattr(inference, "TARGET_DIGITS_PER_SECOND", 1)
+    monkeypatch.setattr(inference, "TARGET_COLD_START_S", 0.0)
     out = tmp_path / "infer.json"
     code = main(
         [
@@ -155,7 +159,8 @@ def test_bench_infer_writes_both_backends_side_by_side(tiny_run, tmp_path, capsy
     )
     printed = capsys.readouterr().out
     report = json.loads(out.read_text())
-    assert code == (0 if all(report["met"].values()) else 3)
+    assert code == 3
+    assert report["met"] == {"onnx_digits_per_second": True, "onnx_cold_start_s": False}
     assert report["batch"] == 64 and report["threads"] >= 1
     assert report["parameters"] == tiny_run.card["parameters"]
     for backend in ("torch", "onnx"):
@@ -163,9 +168,13 @@ def test_bench_infer_writes_both_backends_side_by_side(tiny_run, tmp_path, capsy
         assert entry["digits_per_second"] > 0
         assert entry["cold_start"]["seconds"] > 0 and entry["cold_start"]["runs"] == 1
         assert "The number is probably" in entry["cold_start"]["answer"]
-    assert report["targets"] == {"onnx_digits_per_second": 40_000, "onnx_cold_start_s": 1.0}
-    assert set(report["met"]) == set(report["targets"])
-    assert "onnxruntime" in printed and "pytorch" in printed and str(out) in printed
+    assert report["targets"] == {"onnx_digits_per_second": 1, "onnx_cold_start_s": 0.0}
+    assert (
+        "MISSED" in printed
+        and "onnxruntime" in printed
+        and "pytorch" in printed
+        and str(out) in printed
+    )
 
 
 def test_onnx_metadata_is_plain_strings(onnx_run):

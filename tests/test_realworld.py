@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from digitrec import realworld, synth
+from digitrec import synth
+from digitrec.bench import realworld
 from digitrec.cli import main
 from digitrec.recognize import Recognizer
 

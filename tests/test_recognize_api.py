@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from digitrec import checkpoint, realworld, recognize, synth
+from digitrec import checkpoint, recognize, synth
+from digitrec.bench import realworld
 from digitrec.checkpoint import ModelError
 from digitrec.cli import main
 from digitrec.recognize import Recognizer

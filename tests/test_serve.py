@@ -21,9 +21,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from digitrec import loadtest
+from digitrec.bench import serving as loadtest
+from digitrec.bench.serving import load_test
 from digitrec.cli import main
-from digitrec.loadtest import load_test
 from digitrec.serve import MAX_REQUEST_BYTES, create_app, serve_in_thread
 
 DIGIT_FIELDS = {"digit", "confidence", "probabilities", "box", "uncertain", "not_digit"}

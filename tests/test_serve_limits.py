@@ -19,7 +19,7 @@ import httpx
 import numpy as np
 import pytest
 
-from digitrec import loadtest
+from digitrec.bench import serving as loadtest
 from digitrec.recognize import Recognizer
 from digitrec.serve import Gate, RunningServer, ServeConfig, create_app, serve_in_thread
 

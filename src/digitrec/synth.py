@@ -796,11 +796,11 @@ def _render_touching(
     wander = height // 10
     drops = [int(rng.integers(-wander, wander + 1)) for _ in inks]
     overlaps = [int(rng.integers(1, max(2, height // 8))) for _ in inks[1:]]
-    (page,), _ = _framed([_touching_row(inks, drops, overlaps)], rng, height // 3, height)
+    (page,), _ = _framed([touching_row(inks, drops, overlaps)], rng, height // 3, height)
     return (*_on_paper(page, rng), "".join(names))
 
 
-def _touching_row(inks: list[np.ndarray], drops: list[int], overlaps: list[int]) -> np.ndarray:
+def touching_row(inks: list[np.ndarray], drops: list[int], overlaps: list[int]) -> np.ndarray:
     """Inks left to right, each slid left until its ink meets the ink before it and then
     ``overlaps`` px further, so that neighbouring strokes join."""
     spread = max(abs(drop) for drop in drops)

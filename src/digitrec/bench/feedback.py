@@ -231,7 +231,7 @@ def run_benchmark(
     ``dataset``: MNIST (`data.load`); ``held_out`` of the writer's digits measure, ``pool`` more
     (None: all the others) are read for the user to correct; ``on_result`` is called with each
     run as it ends."""
-    from digitrec.bench import machine
+    from digitrec.bench.training import machine
     from digitrec.feedback import weights_digest
     from digitrec.recognize import Recognizer
 
