@@ -27,7 +27,7 @@ def mnist(data_cache) -> data.Dataset:
 @pytest.fixture(scope="session")
 def splits(mnist):
     from digitrec.config import DataConfig
-    from digitrec.train import make_splits
+    from digitrec.data import make_splits
 
     return make_splits(mnist, DataConfig(subset=6000))
 

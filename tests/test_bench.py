@@ -11,7 +11,8 @@ import pytest
 from digitrec.bench import training as bench
 from digitrec.cli import main
 from digitrec.config import DataConfig, recipe
-from digitrec.train import Split, fit, make_splits
+from digitrec.data import Split, make_splits
+from digitrec.train import fit
 
 
 @pytest.fixture(scope="module")
@@ -169,3 +170,12 @@ def test_the_ensemble_benchmarks_its_vote(mnist, data_cache, monkeypatch, tmp_pa
     entry = json.loads(out.read_text())["recipes"]["ensemble"]
     ((seconds, accuracy, _),) = entry["curve"]
     assert seconds > 0 and 0.0 <= accuracy <= 1.0 and entry["final_test_accuracy"] == accuracy
+
+
+def test_a_spent_budget_ends_the_run_at_the_next_evaluation(small):
+    # A budget of 0 s is spent by the first evaluation: the run stops there, with one point.
+    run = bench.bench_recipe("fast", small, seed=0, budget_s=0.0, max_epochs=1)
+    first = 1 / bench.EVALS_PER_EPOCH["fast"]
+    assert len(run["curve"]) == 1 and run["epochs"] == pytest.approx(first, abs=0.01)
+    whole = bench.bench_recipe("fast", small, seed=0, budget_s=None, max_epochs=1)
+    assert len(whole["curve"]) == bench.EVALS_PER_EPOCH["fast"]

@@ -115,8 +115,9 @@ def test_training_on_a_gpu_this_machine_lacks_is_a_one_line_error(
 def test_evaluate_of_several_runs_tests_their_vote(
     tiny_run, splits, data_cache, monkeypatch, tmp_path, capsys
 ):
+    from digitrec.checkpoint import ModelCard
     from digitrec.config import recipe
-    from digitrec.recognize import load_model
+    from digitrec.models import load_model
     from digitrec.train import fit, predict_logits
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(data_cache.parent))
@@ -137,9 +138,9 @@ def test_evaluate_of_several_runs_tests_their_vote(
     assert "--report takes one run" in capsys.readouterr().err
     # Runs on different datasets cannot vote: their classes mean different things.
     fashion = {**tiny_run.card, "dataset": {**tiny_run.card["dataset"], "name": "fashion"}}
-    cards = dict(zip(runs, [tiny_run.card, fashion], strict=True))
-    monkeypatch.setattr("digitrec.recognize.load_model", lambda run: (models[0], cards[run]))
-    assert main(["evaluate", *runs]) == 2
+    cards = dict(zip(runs, map(ModelCard.from_dict, [tiny_run.card, fashion]), strict=True))
+    monkeypatch.setattr("digitrec.evaluate.load_model", lambda run: (models[0], cards[run]))
+    assert main(["evaluate", *runs]) == 1
     assert "a vote needs runs trained on one dataset, not fashion and mnist" in (
         capsys.readouterr().err
     )

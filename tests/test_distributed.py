@@ -16,8 +16,9 @@ import torch
 
 from digitrec import checkpoint
 from digitrec.config import DataConfig, recipe
+from digitrec.data import make_splits
 from digitrec.distributed import World, shard, threads_per_process, world_from_env
-from digitrec.train import fit, make_splits
+from digitrec.train import fit
 
 TESTS = Path(__file__).resolve().parent
 RUN_FILES = ["history.json", "last.safetensors", "model.json", "model.safetensors"]

@@ -14,7 +14,8 @@ from digitrec import checkpoint, export
 from digitrec.bench import inference
 from digitrec.checkpoint import ModelError
 from digitrec.cli import main
-from digitrec.recognize import Recognizer, load_model
+from digitrec.models import load_model
+from digitrec.recognize import Recognizer
 
 
 def test_export_agrees_with_pytorch_on_1000_mnist_digits(onnx_run, tiny_run, mnist):

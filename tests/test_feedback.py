@@ -103,7 +103,7 @@ def test_a_record_keeps_the_image_and_the_crops_the_model_saw(store, recognizer,
     again = store.get(saved.id)
     assert again == saved and again.image == image
     assert (again.label, again.answer, again.usable, again.reason) == (label, label, True, "")
-    assert again.weights_sha256 == recognizer.card["tensors_sha256"]
+    assert again.weights_sha256 == recognizer.card.tensors_sha256
     result = recognizer.recognize(image)
     assert [list(m.box) for m in again.marks] == [d.box for d in result.digits]
     for mark, digit in zip(again.marks, result.digits, strict=True):
@@ -282,9 +282,7 @@ def test_feedback_is_stored_with_what_the_serving_model_read(app, seventy_two, t
         stored = opened.get(body["id"])
     assert stored.image == image and len(stored.marks) == 2
     assert (
-        stored.weights_sha256
-        == body["weights_sha256"]
-        == app.state.recognizer.card["tensors_sha256"]
+        stored.weights_sha256 == body["weights_sha256"] == app.state.recognizer.card.tensors_sha256
     )
 
 
@@ -383,6 +381,32 @@ def test_reload_swaps_the_model_while_requests_keep_being_answered(app, seventy_
     assert [s.json()["backend"] for s in swaps] == ["torch", "onnx", "torch"]
     assert health["backend"] == "torch"  # the last swap is the model serving now
     assert answers == [(200, label)] * (clients * per_client)
+
+
+def test_a_reload_in_one_worker_reaches_the_others(tmp_path, monkeypatch, seventy_two):
+    # Two apps sharing the reload file stand for two worker processes of `serve --workers 2`.
+    monkeypatch.setenv("DIGITREC_RELOAD_FILE", str(tmp_path / "reload.json"))
+    first, second = (
+        TestClient(create_app(admin_token=TOKEN, feedback_db=tmp_path / f"{n}.db"))
+        for n in range(2)
+    )
+    assert second.get("/api/health").json()["backend"] == "onnx"
+    swapped = first.post("/api/model/reload", headers=ADMIN, json={"model": str(bundled_model())})
+    assert swapped.status_code == 200 and swapped.json()["backend"] == "torch"
+    # The other worker loads it before its next answer, and that answer is the new model's.
+    read = second.post(
+        "/api/recognize", content=seventy_two[0], headers={"Content-Type": "image/png"}
+    )
+    assert read.json()["number"] == seventy_two[1]
+    assert second.get("/api/health").json()["backend"] == "torch"
+    metrics = second.get("/metrics").text
+    assert 'backend="torch"' in metrics and 'backend="onnx"' in metrics
+    serving = [line for line in metrics.splitlines() if line.startswith("digitrec_model_info{")]
+    assert sorted(line.split()[-1] for line in serving) == ["0.0", "1.0"]
+    assert any('backend="torch"' in line and line.endswith(" 1.0") for line in serving)
+    # A model that fails to load in the others keeps their old one, and says so in the log.
+    (tmp_path / "reload.json").write_text('{"model": "/nowhere/model.safetensors"}')
+    assert second.get("/api/health").json()["backend"] == "torch"
 
 
 # --- the commands -------------------------------------------------------------------------------

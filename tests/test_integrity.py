@@ -71,7 +71,7 @@ def test_the_bundled_model_is_sealed_and_its_onnx_export_still_matches():
     torch_model = Recognizer.load(None, backend="torch")
     # The ONNX export was made from these very weights: `tensors_sha256` still ties them.
     onnx_model = Recognizer.load(None, backend="onnx")
-    assert onnx_model.card["tensors_sha256"] == card["tensors_sha256"]
+    assert onnx_model.card.tensors_sha256 == card["tensors_sha256"]
     assert torch_model.recognize(IMAGE).number == onnx_model.recognize(IMAGE).number == "3"
 
 

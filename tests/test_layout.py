@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from digitrec import layout, preprocess
-from digitrec.preprocess import Page, Separator
+from digitrec.preprocess import Page
 from digitrec.synth import draw_digit
 
 Box = tuple[int, int, int, int]
@@ -383,13 +383,6 @@ def test_extract_many_and_extract_or_error_give_pages() -> None:
     assert isinstance(preprocess.extract_or_error(data), list)
     error = preprocess.extract_or_error(b"not an image", page=True)
     assert isinstance(error, preprocess.ImageError)
-
-
-def test_separator_is_frozen() -> None:
-    separator = Separator(char=".", box=(0, 0, 1, 1))
-    assert separator.line == 0
-    with pytest.raises(AttributeError):
-        separator.char = ","  # type: ignore[misc]
 
 
 @pytest.mark.parametrize(

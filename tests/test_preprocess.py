@@ -209,10 +209,6 @@ def test_read_bytes_refuses_an_unreadable_file(tmp_path: Path) -> None:
         preprocess.read_bytes(path)
 
 
-def test_image_error_is_a_value_error() -> None:
-    assert issubclass(ImageError, ValueError)
-
-
 # --- to_ink ------------------------------------------------------------------------------------
 
 
@@ -379,12 +375,6 @@ def test_extract_digits_fills_and_saves_stages(tmp_path: Path) -> None:
     paths = preprocess.save_stages(stages, tmp_path / "stages")
     assert [path.name for path in paths] == [f"{name}.png" for name in stages]
     assert Image.open(paths[3]).size == (28, 28)
-
-
-def test_digit_is_frozen() -> None:
-    digit = Digit(image=np.zeros((28, 28), np.float32), box=(0, 0, 1, 1))
-    with pytest.raises(AttributeError):
-        digit.box = (1, 1, 1, 1)  # type: ignore[misc]
 
 
 def test_mnist_like_scales_uint8_and_keeps_layout() -> None:

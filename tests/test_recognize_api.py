@@ -78,8 +78,8 @@ def test_the_bundled_model_reads_the_examples_through_both_backends():
     default = Recognizer.load()  # the bundled model.onnx: no torch needed
     assert default.backend.name == "onnx"
     # The card states its benchmark figures: every kind the benchmark renders.
-    assert set(default.card["realworld"]["per_kind"]) == set(synth.KINDS)
-    assert default.card["metrics"]["test_accuracy"] > 0.99
+    assert set(default.card.data["realworld"]["per_kind"]) == set(synth.KINDS)
+    assert default.card.metrics["test_accuracy"] > 0.99
     answers = default.recognize_many(EXAMPLES)
     _same_answers(answers, Recognizer.load(backend="torch").recognize_many(EXAMPLES))
     misses = []

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from digitrec.recognize import load_model
+from digitrec.models import load_model
 from digitrec.report import (
     confident_mistakes,
     confusion_matrix,

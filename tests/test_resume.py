@@ -20,8 +20,9 @@ import torch
 from digitrec import checkpoint, data
 from digitrec.cli import main
 from digitrec.config import DataConfig, recipe
-from digitrec.recognize import load_model
-from digitrec.train import Split, fit, make_splits, resume_settings
+from digitrec.data import Split, make_splits
+from digitrec.models import load_model
+from digitrec.train import fit, resume_settings
 
 
 @pytest.fixture(scope="module")
@@ -106,9 +107,9 @@ def test_a_run_killed_at_a_random_moment_resumes_with_its_own_settings(mnist, da
     assert resumed.returncode == 0, (delay, resumed.stderr)
     assert "on 2048 mnist images" in resumed.stdout  # --subset taken from the run
     model, card = load_model(run)
-    assert isinstance(card["metrics"]["test_accuracy"], float)
-    assert 0.5 < card["metrics"]["test_accuracy"] <= 1.0
-    assert (card["recipe"]["batch_size"], card["recipe"]["epochs"]) == (32, 4)
+    assert isinstance(card.metrics["test_accuracy"], float)
+    assert 0.5 < card.metrics["test_accuracy"] <= 1.0
+    assert (card.recipe["batch_size"], card.recipe["epochs"]) == (32, 4)
     history = json.loads((run / checkpoint.HISTORY_FILE).read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
 
@@ -182,7 +183,7 @@ def test_resume_continues_on_the_dataset_the_run_trained_on(
     assert main(["train", "--resume", str(run)]) == 0
     assert asked == ["fashion-mnist", "fashion-mnist"]
     assert "on 512 fashion-mnist images" in capsys.readouterr().out
-    assert load_model(run)[1]["classes"][0] == "T-shirt/top"
+    assert load_model(run)[1].classes[0] == "T-shirt/top"
 
 
 def test_fit_refuses_a_state_saved_on_other_data(small, mnist, tmp_path):

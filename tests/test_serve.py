@@ -295,7 +295,7 @@ def test_metrics_count_requests_by_route_and_status_latency_digits_and_model(app
     assert 0 < metric(text, f"{latency}_sum", route="/api/recognize") < 60
     assert metric(text, "digitrec_digits_read_total") == 6  # "72" three times
     card = fresh.state.recognizer.card
-    digest = card.get("model_sha256") or card["tensors_sha256"]  # weights and card, or weights
+    digest = card.model_sha256 or card.tensors_sha256  # weights and card, or weights alone
     model = {"model": "fastcnn", "backend": "onnx", "sha256": digest}
     assert metric(text, "digitrec_model_info", **model) == 1
 

@@ -382,7 +382,12 @@ def test_two_workers_start_answer_and_add_up_their_metrics(canvas):
             )
             with urllib.request.urlopen(request, timeout=30) as answer:
                 numbers.append(re.search(rb'"number":"(\d*)"', answer.read()).group(1))
-        # Whichever worker answers /metrics counts the requests of both.
+        # Whichever worker answers /metrics counts the requests of both. A worker counts a
+        # request once its answer has gone, so the last one may land just after its client read
+        # it: wait (boundedly) for the total first.
+        deadline = time.monotonic() + 5
+        while recognize_count(base_url) < 8 and time.monotonic() < deadline:
+            time.sleep(0.05)
         counts = [recognize_count(base_url) for _ in range(6)]
         # A burst of long-lived connections, like a load test's or a proxy's pool, is shared
         # by both workers (one listening socket each), not taken by whichever wakes first.

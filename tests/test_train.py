@@ -9,11 +9,12 @@ import json
 import pytest
 import torch
 
-from digitrec import checkpoint, train
+from digitrec import checkpoint, config, train
 from digitrec.config import AugmentConfig, DataConfig, recipe, to_dict, train_config_from_dict
+from digitrec.data import make_splits
 from digitrec.evaluate import evaluate_split, predict_logits
-from digitrec.recognize import load_model
-from digitrec.train import fit, make_splits
+from digitrec.models import load_model
+from digitrec.train import fit
 
 
 def test_a_short_run_on_a_small_subset_beats_90_percent_on_held_out_digits(tiny_run, splits):
@@ -44,7 +45,7 @@ def test_save_then_load_gives_the_same_predictions(tiny_run, splits):
     loaded, card = load_model(tiny_run.run_dir)
     images = splits.test.images[:500]
     with torch.no_grad():
-        before = predict_logits(tiny_run.model, images) / card["temperature"]
+        before = predict_logits(tiny_run.model, images) / card.temperature
         after = predict_logits(loaded, images)
     assert torch.allclose(before, after, atol=1e-5)
 
@@ -159,7 +160,7 @@ def test_card_records_the_command_that_reproduces_a_named_recipe(splits):
 
 def test_a_device_this_machine_lacks_is_refused_before_any_data_moves(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert train.check_device("cpu") == "cpu"
+    assert config.check_device("cpu") == "cpu"
     refused = [
         ("cuda", "no CUDA GPU"),
         ("cuda:1", "no CUDA GPU"),
@@ -167,10 +168,10 @@ def test_a_device_this_machine_lacks_is_refused_before_any_data_moves(monkeypatc
         ("cuda:x", "unknown device"),
     ]
     for device, reason in refused:
-        with pytest.raises(train.DeviceError, match=reason):
-            train.check_device(device)
+        with pytest.raises(config.DeviceError, match=reason):
+            config.check_device(device)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    assert train.check_device("cuda:0") == "cuda:0"
-    with pytest.raises(train.DeviceError, match="has 1 CUDA GPU"):
-        train.check_device("cuda:1")
+    assert config.check_device("cuda:0") == "cuda:0"
+    with pytest.raises(config.DeviceError, match="has 1 CUDA GPU"):
+        config.check_device("cuda:1")

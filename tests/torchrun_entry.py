@@ -18,7 +18,8 @@ import torch
 
 from digitrec import data, distributed
 from digitrec.config import DataConfig, recipe
-from digitrec.train import Split, fit, make_splits
+from digitrec.data import Split, make_splits
+from digitrec.train import fit
 
 # Float32 and the default memory layout, so that one process and two differ by the order of their
 # float sums alone: bf16, and channels-last convolutions on this CPU, round much more coarsely.

@@ -17,12 +17,14 @@ refused, never half used. Nothing is ever unpickled.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
 import os
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -263,6 +265,66 @@ def check_card(card: dict[str, Any], source: str | os.PathLike, outputs: int | N
                 f"{source}: its model card's standardisation is unusable (mean "
                 f"{mean!r}, std {std!r}; needs finite numbers, std above 0)"
             )
+
+
+DIGITS = tuple(str(digit) for digit in range(10))
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a model file says about itself, read once (`ModelCard.from_dict`) after its digests
+    and values were checked: typed fields for what the code reads, and the whole card as it was
+    written in `data`, so that writing it back (`to_dict`) loses nothing the fields leave out
+    (the real-world figures, the export record, a fine-tune's base)."""
+
+    model: str
+    model_args: dict[str, Any] = field(default_factory=dict)
+    classes: tuple[str, ...] = DIGITS
+    temperature: float = 1.0
+    parameters: int = 0
+    dataset: str | None = None
+    command: str | None = None
+    created: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    recipe: dict[str, Any] = field(default_factory=dict)
+    members: tuple[dict[str, Any], ...] = ()
+    tensors_sha256: str | None = None
+    model_sha256: str | None = None
+    data: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, card: dict[str, Any]) -> ModelCard:
+        dataset = card.get("dataset")
+        return cls(
+            model=str(card.get("model") or "model"),
+            model_args=dict(card.get("model_args") or {}),
+            classes=tuple(str(c) for c in card.get("classes") or DIGITS),
+            temperature=float(card.get("temperature", 1.0)),
+            parameters=int(card.get("parameters") or 0),
+            dataset=dataset.get("name") if isinstance(dataset, dict) else None,
+            command=card.get("command") or None,
+            created=card.get("created"),
+            metrics=dict(card.get("metrics") or {}),
+            recipe=dict(card.get("recipe") or {}),
+            members=tuple(card.get("members") or ()),
+            tensors_sha256=card.get("tensors_sha256"),
+            model_sha256=card.get("model_sha256"),
+            data=copy.deepcopy(card),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The card as written, to save or to send (a copy: the card itself stays as read)."""
+        return copy.deepcopy(self.data)
+
+    @property
+    def description(self) -> str:
+        """How the model was made, for a report's header: its command, else its architecture."""
+        return self.command or self.model
+
+    @property
+    def digest(self) -> str:
+        """The digest that names this model: over weights and card, or the weights' alone."""
+        return self.model_sha256 or self.tensors_sha256 or ""
 
 
 def check_finite(probabilities: np.ndarray, source: str | os.PathLike) -> np.ndarray:

@@ -158,7 +158,8 @@ def _train_settings(args: argparse.Namespace):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from digitrec import data, distributed
-    from digitrec.train import fit, make_splits
+    from digitrec.data import make_splits
+    from digitrec.train import fit
 
     # Under torchrun every process runs this command; rank 0 alone prints and writes.
     world = distributed.world_from_env()
@@ -198,47 +199,26 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from digitrec import data
-    from digitrec.config import DataConfig
-    from digitrec.evaluate import evaluate_run, evaluate_split
-    from digitrec.models import Ensemble
-    from digitrec.recognize import load_model
-    from digitrec.train import make_splits
+    from digitrec.evaluate import evaluate_runs
 
     if len(args.runs) > 1 and args.report:
         print("digitrec: error: --report takes one run", file=sys.stderr)
         return 2
-    loaded = [load_model(run) for run in args.runs]
-    datasets = sorted({card["dataset"]["name"] for _, card in loaded})
-    if len(datasets) > 1:
-        print(
-            f"digitrec: error: a vote needs runs trained on one dataset, not "
-            f"{' and '.join(datasets)}",
-            file=sys.stderr,
-        )
-        return 2
-    # Several runs: their vote, the mean of their calibrated probabilities.
-    model = loaded[0][0] if len(loaded) == 1 else Ensemble([m for m, _ in loaded]).eval()
-    dataset = data.load(datasets[0], data_dir=args.data_dir)
-    splits = make_splits(dataset, DataConfig(dataset=dataset.name))
-    results = evaluate_run(model, splits)
-    if len(loaded) > 1:
-        results["runs"] = [
-            {"run": run, "test_accuracy": evaluate_split(m, splits.test)["accuracy"]}
-            for run, (m, _) in zip(args.runs, loaded, strict=True)
-        ]
+    run = evaluate_runs(args.runs, args.data_dir)
+    results = run.results
     if args.report:
         from digitrec.report import write_report
 
-        run, (_, card) = args.runs[0], loaded[0]
-        results["report"] = str(write_report(run, model, card, splits, args.report))
+        results["report"] = str(
+            write_report(args.runs[0], run.model, run.card, run.splits, args.report)
+        )
     if args.json:
         _print(json.dumps(results, indent=2))
         return 0
     for entry in results.get("runs", []):
         _print(f"{entry['run']}: test accuracy {entry['test_accuracy']:.4f}")
-    if len(loaded) > 1:
-        _print(f"the vote of these {len(loaded)} runs:")
+    if len(args.runs) > 1:
+        _print(f"the vote of these {len(args.runs)} runs:")
     for split in ("train", "validation", "test"):
         r = results[split]
         _print(f"{split:10s} loss {r['loss']:.4f}  accuracy {r['accuracy']:.4f}")
@@ -301,17 +281,16 @@ def _write_stages(root: str, first: int, paths: list[str], stages: list[dict]) -
 
 
 def _plot_results(results, path) -> Path:
-    from digitrec import figures, preprocess
+    """Each file's answer over the digits as the model saw them (28x28 each, side by side)."""
+    import numpy as np
+
+    from digitrec import figures
 
     images, titles = [], []
     for result in results:
-        try:
-            images.append(preprocess.decode(preprocess.read_bytes(result.path)))
-        except preprocess.ImageError:
-            images.append(None)
-        titles.append(
-            result.text().split(": ", 1)[-1].replace("The number is probably", "probably")
-        )
+        images.append(np.hstack([d.image for d in result.digits]) if result.digits else None)
+        answer = result.full_text.replace("\n", " / ") if result.full_text else None
+        titles.append("error" if result.error else f"probably {answer}" if answer else "no digit")
     return figures.recognition_plot(images, titles, path)
 
 
@@ -319,9 +298,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """The main job: fetch, preview, train, evaluate, recognize the bundled examples."""
     from digitrec import data, figures
     from digitrec.config import DataConfig, recipe
+    from digitrec.data import make_splits
     from digitrec.evaluate import evaluate_run
     from digitrec.recognize import Recognizer, expand_paths
-    from digitrec.train import fit, make_splits
+    from digitrec.train import fit
 
     out = Path(args.out)
     started = time.perf_counter()
@@ -342,7 +322,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _print(f"3/5 train: {config.model} ({epochs}, batch {config.batch_size})")
     result = fit(config, splits, out / "run", recipe_name="fast", on_progress=ProgressBar())
     _print("4/5 evaluate:")
-    from digitrec.recognize import load_model
+    from digitrec.models import load_model
 
     model, _ = load_model(out / "run")
     results = evaluate_run(model, splits)

@@ -245,3 +245,25 @@ def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:
             k: tuple(v) if isinstance(v, list) else v for k, v in values["model_args"].items()
         }
     return TrainConfig(**values)
+
+
+def check_device(device: str) -> str:
+    """`device` if this process can train on it ("cpu", "cuda", "cuda:N"), else a DeviceError
+    that says why, before any data is loaded onto it."""
+    import torch
+
+    kind, _, index = device.partition(":")
+    if kind == "cpu" and not index:
+        return device
+    if kind != "cuda" or (index and not index.isdigit()):
+        raise DeviceError(f"unknown device {device!r}: use cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise DeviceError(
+            f"device {device!r}: no CUDA GPU is usable here (this torch build: "
+            f"{torch.__version__}); train on cpu"
+        )
+    if index and int(index) >= torch.cuda.device_count():
+        raise DeviceError(
+            f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)"
+        )
+    return device

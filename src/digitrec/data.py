@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from digitrec.checkpoint import write_atomic
-from digitrec.config import cache_dir
+from digitrec.config import DataConfig, cache_dir, check_device
 
 if TYPE_CHECKING:  # annotations only: reading data needs no torch
     import torch
@@ -462,3 +462,29 @@ def gzip_bytes(data: bytes, level: int = 9) -> bytes:
     with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0, compresslevel=level) as f:
         f.write(data)
     return buffer.getvalue()
+
+
+def make_splits(dataset: Dataset, config: DataConfig, device: str = "cpu") -> Splits:
+    """Hold out a fixed validation set (seeded by the dataset, not the run) and go to tensors."""
+    import torch
+
+    check_device(device)
+    train_index, val_index = split_validation(
+        len(dataset.train_labels), config.validation_size, seed=12345
+    )
+    if config.subset:
+        train_index = train_index[: config.subset]
+
+    def split(images: np.ndarray, labels: np.ndarray) -> Split:
+        x = torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1).to(device)
+        return Split(x, torch.from_numpy(labels.astype(np.int64)).to(device))
+
+    return Splits(
+        train=split(dataset.train_images[train_index], dataset.train_labels[train_index]),
+        validation=split(dataset.train_images[val_index], dataset.train_labels[val_index]),
+        test=split(dataset.test_images, dataset.test_labels),
+        dataset=dataset.name,
+        sha256=dict(dataset.sha256),
+        classes=tuple(dataset.classes),
+        subset=config.subset,
+    )

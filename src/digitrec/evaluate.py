@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from digitrec import data
+from digitrec.checkpoint import ModelCard, ModelError
+from digitrec.config import DataConfig
 from digitrec.data import Split, Splits
-from digitrec.models import to_input
+from digitrec.models import Ensemble, load_model, to_input
 
 
 @torch.no_grad()
@@ -85,3 +90,35 @@ def evaluate_run(model: Any, splits: Splits, train_sample: int = 10000) -> dict[
         results["test"]["accuracy"],
     )
     return results
+
+
+@dataclasses.dataclass
+class RunsEvaluation:
+    """`evaluate_runs`' answer: the figures, and what they were measured with (for a report)."""
+
+    results: dict[str, Any]
+    model: nn.Module
+    card: ModelCard
+    splits: Splits
+
+
+def evaluate_runs(
+    runs: Sequence[str | os.PathLike], data_dir: str | os.PathLike | None = None
+) -> RunsEvaluation:
+    """One run on every split of its dataset, or the vote of several runs (the mean of their
+    calibrated probabilities) with each run's own test accuracy under "runs". Runs vote only
+    when they were trained on one dataset: another dataset's class 3 is not a 3."""
+    loaded = [load_model(run) for run in runs]
+    datasets = sorted({str(card.dataset) for _, card in loaded})
+    if len(datasets) > 1:
+        raise ModelError(f"a vote needs runs trained on one dataset, not {' and '.join(datasets)}")
+    model = loaded[0][0] if len(loaded) == 1 else Ensemble([m for m, _ in loaded]).eval()
+    dataset = data.load(datasets[0], data_dir=data_dir)
+    splits = data.make_splits(dataset, DataConfig(dataset=dataset.name))
+    results = evaluate_run(model, splits)
+    if len(loaded) > 1:
+        results["runs"] = [
+            {"run": str(run), "test_accuracy": evaluate_split(m, splits.test)["accuracy"]}
+            for run, (m, _) in zip(runs, loaded, strict=True)
+        ]
+    return RunsEvaluation(results, model, loaded[0][1], splits)

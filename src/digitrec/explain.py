@@ -18,7 +18,9 @@ from typing import Any
 import numpy as np
 
 from digitrec import figures, preprocess
-from digitrec.report import figure_html, table_html, write_html
+from digitrec.models import load_model
+from digitrec.pages import figure_html, table_html, write_html
+from digitrec.recognize import model_or_bundled
 
 TOP_UNITS = 16
 WEIGHT_IMAGES = 32
@@ -225,16 +227,6 @@ def _as_unit(images: np.ndarray) -> np.ndarray:
 # --- pages ------------------------------------------------------------------------------------
 
 
-def load(model_path: str | os.PathLike | None) -> tuple[Any, dict[str, Any]]:
-    from digitrec.checkpoint import ModelError
-    from digitrec.recognize import bundled_model, load_model
-
-    path = Path(model_path) if model_path is not None else bundled_model()
-    if model_path is None and not path.is_file():
-        raise ModelError("no bundled model in this installation; pass --model RUN_DIR")
-    return load_model(path)
-
-
 @dataclass
 class _Page:
     """An explanation page being built: its HTML sections and the figures written for it."""
@@ -278,7 +270,7 @@ def explain_image(
 ) -> Path:
     """Explain how the model reads the first digit in an image; returns explain.html's path."""
     digits = _digits_in(image_path)
-    model, card = load(model_path)
+    model, card = load_model(model_or_bundled(model_path))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     reading = _read(model, card, digits[0].image)
@@ -307,13 +299,13 @@ def _digits_in(image_path: str | os.PathLike) -> list[preprocess.Digit]:
 
 def _read(model: Any, card: dict[str, Any], digit: np.ndarray) -> _Reading:
     """Trace one digit through the model and turn its scores into probabilities."""
-    classes = [str(c) for c in (card.get("classes") or range(10))]
+    classes = list(card.classes)
     result = trace(model, digit)
     scores = result.scores
     probabilities = np.exp(scores - scores.max())
     probabilities /= probabilities.sum()
     answer = int(np.argmax(probabilities))
-    name = str(card.get("model"))
+    name = card.model
     return _Reading(model, card, digit, classes, result, probabilities, answer, name)
 
 
@@ -328,8 +320,8 @@ def _intro_section(page: _Page, reading: _Reading, file_name: str, found: int) -
         f"{classes[answer]}</b> ({probabilities[answer]:.1%}). "
         f"{found} digit{'s' if found != 1 else ''} found. "
         + ("This page follows the first (leftmost). " if found > 1 else "")
-        + f"Model <code>{esc(reading.name)}</code>, {card.get('parameters', 0):,} parameters"
-        + (", an ensemble: the layer pictures show its first member" if card.get("members") else "")
+        + f"Model <code>{esc(reading.name)}</code>, {card.parameters:,} parameters"
+        + (", an ensemble: the layer pictures show its first member" if card.members else "")
         + ".</p>"
     )
     page.add(
@@ -414,7 +406,7 @@ def _softmax_section(page: _Page, reading: _Reading) -> None:
         + ", ".join(f"{c}: {p:.3f}" for c, p in zip(classes, probabilities, strict=True))
         + f" (sum {probabilities.sum():.3f}).</p>"
     )
-    temperature = float(reading.card.get("temperature", 1.0))
+    temperature = reading.card.temperature
     calibrated = (
         f" The scores shown are the output layer's divided by the temperature {temperature:.3g}"
         " fitted on the validation split, so their softmax is calibrated."

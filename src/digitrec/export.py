@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from digitrec.checkpoint import ModelError, write_atomic
+from digitrec.checkpoint import ModelCard, ModelError, write_atomic
 
 ONNX_FILE = "model.onnx"
 # Opset 17 runs as fast as any other through ONNX Runtime's full optimisation, and every
@@ -176,10 +176,10 @@ def _is_number(value: Any) -> bool:
 
 
 def metadata(
-    module: Any, card: dict[str, Any], opset: int, parity: dict[str, Any], check_images: np.ndarray
+    module: Any, card: ModelCard, opset: int, parity: dict[str, Any], check_images: np.ndarray
 ) -> dict[str, str]:
     """The ONNX metadata_props: the model card (with an `export` section), flat keys, check."""
-    card = dict(card)
+    typed, card = card, card.to_dict()
     card["export"] = {
         "format": "onnx",
         "opset": opset,
@@ -192,11 +192,10 @@ def metadata(
     # The check stores uint8 pixels, so its expected answers are for exactly those pixels.
     check_images = np.clip(np.rint(check_images * 255.0), 0, 255).astype(np.float32) / 255.0
     expected = torch_probabilities(module, check_images)
-    labels = card.get("classes") or [str(i) for i in range(10)]
     # Every accuracy the card records (MNIST test, real-world set, ...) as its own flat key.
     accuracies = {
         key: str(value)
-        for key, value in (card.get("metrics") or {}).items()
+        for key, value in typed.metrics.items()
         if "accuracy" in key and _is_number(value)
     }
     for section, value in card.items():  # e.g. "realworld": {"accuracy": 0.985, ...}
@@ -205,12 +204,12 @@ def metadata(
     return {
         "digitrec_card": card_json,
         "digitrec_check": json.dumps(self_check(check_images, expected, card_json)),
-        "model": str(card.get("model", "")),
+        "model": typed.model,
         "input": INPUT_DESCRIPTION,
         "output": OUTPUT_DESCRIPTION,
-        "labels": ",".join(str(label) for label in labels),
-        "temperature": str(card.get("temperature", 1.0)),
-        **({"command": str(card["command"])} if card.get("command") else {}),
+        "labels": ",".join(typed.classes),
+        "temperature": str(typed.temperature),
+        **({"command": typed.command} if typed.command else {}),
         "test_accuracy": accuracies.get("test_accuracy", ""),
         **accuracies,
         **_normalisation(module),
@@ -219,7 +218,7 @@ def metadata(
 
 def export_module(
     module: Any,
-    card: dict[str, Any],
+    card: ModelCard,
     out: str | os.PathLike,
     images: np.ndarray,
     opset: int = OPSET,
@@ -274,7 +273,7 @@ def export_module(
         **parity,
         "opset": opset,
         "bytes": out.stat().st_size,
-        "model": card.get("model"),
+        "model": card.model,
     }
 
 
@@ -291,7 +290,7 @@ def export_onnx(
     1,000 MNIST test digits. Returns path, parity_images, max_abs_diff, labels_identical, opset,
     bytes and model.
     """
-    from digitrec.recognize import load_model
+    from digitrec.models import load_model
 
     module, card = load_model(run)
     if images is None:

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 
 from digitrec import preprocess
+from digitrec.checkpoint import ModelCard
 from digitrec.data import DataError
 
 ENV_VAR = "DIGITREC_FEEDBACK_DB"
@@ -207,10 +208,10 @@ def answer_of(result: Any) -> str:
     return result.full_text if result.full_text is not None else (result.number or "")
 
 
-def weights_digest(card: dict[str, Any]) -> str:
+def weights_digest(card: ModelCard) -> str:
     """The digest of a model's weights (`tensors_sha256`): the same whether PyTorch or the
     exported ONNX file reads them."""
-    return str(card.get("tensors_sha256") or card.get("model_sha256") or "")
+    return card.tensors_sha256 or card.model_sha256 or ""
 
 
 # --- where the store lives ----------------------------------------------------------------------

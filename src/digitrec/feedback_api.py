@@ -10,22 +10,27 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
+import logging
 import os
 import threading
+from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from digitrec import feedback
-from digitrec.checkpoint import ModelError
+from digitrec.checkpoint import ModelError, write_json
 from digitrec.preprocess import ImageError
 from digitrec.recognize import Recognizer
 from digitrec.serve import (
     MAX_REQUEST_BYTES,
+    RELOAD_FILE_VARIABLE,
     LockedBackend,
     Problem,
     form_file,
+    multipart_body,
     read_body,
     read_digits,
     refused,
@@ -61,23 +66,9 @@ class ReloadResult(BaseModel):
     weights_sha256: str = Field(description="digest of the weights now serving")
 
 
-FEEDBACK_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "file": {"type": "string", "format": "binary"},
-                        "label": {"type": "string", "description": "the right text, e.g. 42"},
-                    },
-                    "required": ["file", "label"],
-                }
-            }
-        },
-    }
-}
+FEEDBACK_BODY = multipart_body(
+    {"label": {"type": "string", "description": "the right text, e.g. 42"}}
+)
 RELOAD_BODY = {
     "requestBody": {
         "required": False,
@@ -113,22 +104,27 @@ class LazyStore:
             return self.store
 
 
-def feedback_router(
+def add_feedback_api(
+    app: FastAPI,
     model: str | os.PathLike | None = None,
     backend: str = "auto",
     admin_token: str | None = None,
     feedback_db: str | os.PathLike | None = None,
-) -> APIRouter:
+) -> None:
     """The endpoints, for an app whose `state` has `recognizer` and `workers` (`create_app`).
 
     ``model`` and ``backend`` are what a reload with no body loads again; ``admin_token`` turns
     reloading on; ``feedback_db`` is the store (default: $DIGITREC_FEEDBACK_DB or the file
-    under $XDG_DATA_HOME/digitrec).
+    under $XDG_DATA_HOME/digitrec). With $DIGITREC_RELOAD_FILE set (several workers), a reload
+    in one worker reaches them all.
     """
+    swap = ModelSwap(model, backend, os.environ.get(RELOAD_FILE_VARIABLE))
     router = APIRouter()
     add_feedback_route(router, LazyStore(feedback_db))
-    add_reload_route(router, ModelSwap(model, backend), admin_token)
-    return router
+    add_reload_route(router, swap, admin_token)
+    app.include_router(router)
+    if swap.shared is not None:
+        app.add_middleware(FollowReloads, swap=swap)
 
 
 def add_feedback_route(router: APIRouter, store: LazyStore) -> None:
@@ -165,23 +161,78 @@ def add_feedback_route(router: APIRouter, store: LazyStore) -> None:
 
 
 class ModelSwap:
-    """Loads a model and puts it in place of the one serving, one swap at a time."""
+    """Loads a model and puts it in place of the one serving, one swap at a time; with a
+    ``shared`` file (several workers), tells the other workers and follows what they load."""
 
-    def __init__(self, model: str | os.PathLike | None, backend: str) -> None:
+    def __init__(
+        self, model: str | os.PathLike | None, backend: str, shared: str | None = None
+    ) -> None:
         self.model = model
         self.backend = backend
         self.lock = threading.Lock()
+        self.shared = Path(shared) if shared else None
+        self.seen = self.stamp()
 
     def __call__(self, app: Any, wanted: ReloadRequest) -> Recognizer:
         with self.lock:
-            config = getattr(app.state, "config", None)
-            # The threads `create_app` gives the model, so a reload changes nothing else.
-            threads = config.worker_threads() if config is not None else None
-            loaded = Recognizer.load(wanted.model or self.model, self.backend, threads=threads)
-            # One assignment: a request reads app.state.recognizer once, so it finishes on
-            # whichever model it found.
-            app.state.recognizer = Recognizer(LockedBackend(loaded.backend), loaded.card)
+            model = wanted.model or self.model
+            loaded = self.load(app, model)
+            if self.shared is not None:
+                write_json(self.shared, {"model": None if model is None else str(model)})
+                self.seen = self.stamp()
         return loaded
+
+    def load(self, app: Any, model: str | os.PathLike | None) -> Recognizer:
+        config = getattr(app.state, "config", None)
+        # The threads `create_app` gives the model, so a reload changes nothing else.
+        threads = config.worker_threads() if config is not None else None
+        loaded = Recognizer.load(model, self.backend, threads=threads)
+        # One assignment: a request reads app.state.recognizer once, so it finishes on
+        # whichever model it found.
+        app.state.recognizer = Recognizer(LockedBackend(loaded.backend), loaded.card)
+        metrics = getattr(app.state, "metrics", None)
+        if metrics is not None:
+            metrics.set_model(loaded.card, str(getattr(loaded.backend, "name", "?")))
+        return loaded
+
+    def stamp(self) -> tuple[int, int] | None:
+        """When and as which file the shared file was last written (None: never)."""
+        try:
+            status = self.shared.stat() if self.shared is not None else None
+        except OSError:
+            return None
+        return None if status is None else (status.st_mtime_ns, status.st_ino)
+
+    def behind(self) -> bool:
+        """Has another worker loaded a model since this one last looked? (One stat.)"""
+        return self.shared is not None and self.stamp() != self.seen
+
+    def follow(self, app: Any) -> None:
+        """Load what another worker loaded; a model that fails here keeps the old one."""
+        with self.lock:
+            stamp = self.stamp()
+            if stamp == self.seen:
+                return
+            self.seen = stamp
+            try:
+                wanted = json.loads(self.shared.read_text())["model"]
+                self.load(app, wanted)
+            except (OSError, ValueError, KeyError, TypeError, ModelError, ImageError) as error:
+                logging.getLogger("uvicorn.error").error("model not followed: %s", error)
+
+
+class FollowReloads:
+    """Before each request, loads the model another worker has reloaded, if any (ASGI)."""
+
+    def __init__(self, app: Any, swap: ModelSwap) -> None:
+        self.app = app
+        self.swap = swap
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and self.swap.behind():
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, self.swap.follow, scope["app"])
+        await self.app(scope, receive, send)
 
 
 def add_reload_route(router: APIRouter, swap: ModelSwap, admin_token: str | None) -> None:
@@ -196,8 +247,8 @@ def add_reload_route(router: APIRouter, swap: ModelSwap, admin_token: str | None
         """Needs `Authorization: Bearer TOKEN` with the server's `--admin-token`. Loads the
         model named in the JSON body (or the server's own again) and checks it as every load
         does; only then does it replace the model serving. A refused model leaves the old one
-        serving and answers 422 with the reason. With several worker processes, only the one
-        that answers swaps its model."""
+        serving and answers 422 with the reason. With several worker processes, the others
+        load the same model before their next answer."""
         check_admin(request, admin_token)
         wanted = await read_reload_request(request)
         try:
@@ -210,7 +261,7 @@ def add_reload_route(router: APIRouter, swap: ModelSwap, admin_token: str | None
                 422, f"model not loaded, the old one still serves: {error}"
             ) from None
         return ReloadResult(
-            model=str(loaded.card.get("model", "?")),
+            model=loaded.card.model,
             backend=str(getattr(loaded.backend, "name", "?")),
             weights_sha256=feedback.weights_digest(loaded.card),
         )

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import numpy as np
 
+    from digitrec.checkpoint import ModelCard
     from digitrec.feedback import FeedbackRecord, FeedbackStore
     from digitrec.train import Split, Splits
 
@@ -98,7 +99,7 @@ def _finetune(
 
     from digitrec import data
     from digitrec.config import DataConfig
-    from digitrec.train import make_splits
+    from digitrec.data import make_splits
 
     calibrated, card, source = load_base(model)
     records = usable_records(store, config.until_id)
@@ -150,15 +151,16 @@ def load_base(model: str | os.PathLike | None) -> tuple[Any, dict[str, Any], str
     """(calibrated module, card, path as given or None for the bundled model) of a model that
     can be fine-tuned on digits: one network (not a vote) trained on MNIST."""
     from digitrec.checkpoint import ModelError
-    from digitrec.recognize import bundled_model, load_model
+    from digitrec.models import load_model
+    from digitrec.recognize import model_or_bundled
 
-    path = bundled_model() if model is None else Path(model)
+    path = model_or_bundled(model)
     if path.suffix == ".onnx":
         raise ModelError(f"{path}: an ONNX file cannot be trained; give its run directory")
     calibrated, card = load_model(path)
-    if card.get("members"):
+    if card.members:
         raise ModelError(f"{path}: fine-tuning a vote of several models is not supported")
-    if (card.get("dataset") or {}).get("name") != "mnist":
+    if card.dataset != "mnist":
         raise ModelError(f"{path}: fine-tuning on digits needs a model trained on mnist")
     return calibrated, card, None if model is None else str(model)
 
@@ -258,10 +260,10 @@ def tune(
     return replay
 
 
-def label_smoothing(card: dict[str, Any]) -> float:
+def label_smoothing(card: ModelCard) -> float:
     """The label smoothing the model was trained with: fine-tuning with another loss pulls its
     logits towards another scale and costs MNIST accuracy even at a tiny learning rate."""
-    return float((card.get("recipe") or {}).get("label_smoothing") or 0.0)
+    return float(card.recipe.get("label_smoothing") or 0.0)
 
 
 def refit_temperature(model: Any, splits: Splits) -> float:
@@ -274,7 +276,7 @@ def refit_temperature(model: Any, splits: Splits) -> float:
 
 
 def tuned_card(
-    card: dict[str, Any],
+    card: ModelCard,
     result: FinetuneResult,
     config: FinetuneConfig,
     command: str,
@@ -296,7 +298,7 @@ def tuned_card(
         "recipe",
     )
     return {
-        **{key: card[key] for key in kept if key in card},
+        **{key: value for key, value in card.to_dict().items() if key in kept},
         "temperature": result.temperature,
         "command": command,
         "metrics": {
@@ -305,8 +307,8 @@ def tuned_card(
             "feedback_accuracy": result.after["feedback"],
         },
         "finetune": {
-            "base_tensors_sha256": card.get("tensors_sha256"),
-            "base_command": card.get("command"),
+            "base_tensors_sha256": card.tensors_sha256,
+            "base_command": card.command,
             "feedback_records": result.trained_records,
             "held_out_records": result.held_out_records,
             "trained_digits": result.trained_digits,

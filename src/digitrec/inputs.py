@@ -14,7 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from digitrec.preprocess import MAX_FILE_BYTES, MAX_PIXELS, ImageError, read_bytes
+from digitrec.preprocess import (
+    MAX_FILE_BYTES,
+    MAX_PIXELS,
+    ImageError,
+    read_bytes,
+    too_large_message,
+    too_many_pixels_message,
+)
 
 # What each trailing dimension of an array means: (H, W) gray, (H, W, 1) gray, (H, W, 3) RGB,
 # (H, W, 4) RGBA.
@@ -70,7 +77,7 @@ def array_png(array: np.ndarray) -> bytes:
     if height == 0 or width == 0:
         raise ImageError("image has no pixels")
     if height * width > MAX_PIXELS:
-        raise ImageError(_too_many_pixels(width, height))
+        raise ImageError(too_many_pixels_message(width, height))
     from PIL import Image
 
     return _png(Image.fromarray(_to_uint8(array), mode))
@@ -82,7 +89,7 @@ def pil_png(image: Any) -> bytes:
     if width == 0 or height == 0:
         raise ImageError("image has no pixels")
     if width * height > MAX_PIXELS:
-        raise ImageError(_too_many_pixels(width, height))
+        raise ImageError(too_many_pixels_message(width, height))
     if image.mode in ("F", "I"):
         # 32-bit pixels: through the array path, which checks their range.
         return array_png(np.asarray(image))
@@ -114,10 +121,6 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
     )
 
 
-def _too_many_pixels(width: int, height: int) -> str:
-    return f"image too large ({width}x{height} pixels, limit {MAX_PIXELS // 1_000_000} megapixels)"
-
-
 def _png(image: Any) -> bytes:
     buffer = io.BytesIO()
     # Level 1: a picture in memory is encoded to be decoded at once, not to be kept.
@@ -147,6 +150,4 @@ def _check_encoded(data: bytes) -> None:
     if not data:
         raise ImageError("empty image data")
     if len(data) > MAX_FILE_BYTES:
-        raise ImageError(
-            f"image too large ({len(data) / 2**20:.1f} MiB, limit {MAX_FILE_BYTES // 2**20} MiB)"
-        )
+        raise ImageError(too_large_message(len(data)))

@@ -9,13 +9,16 @@ recognition, export and the server all feed the same 0..1 pixels.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from digitrec.checkpoint import ModelCard, ModelError, check_card, check_finite, read_weights
 from digitrec.config import MNIST_MEAN, MNIST_STD
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
@@ -351,3 +354,35 @@ def build_from_card(card: dict[str, Any]) -> nn.Module:
         members = [create_model(m["model"], **m.get("model_args", {})) for m in card["members"]]
         return Ensemble(members, [m.get("temperature", 1.0) for m in card["members"]])
     return create_model(card["model"], **card.get("model_args", {}))
+
+
+def load_model(
+    path: str | os.PathLike, calibrated: bool = True, device: str = "cpu"
+) -> tuple[nn.Module, ModelCard]:
+    """Rebuild a model from a run directory or .safetensors file alone: (module, card).
+
+    Only safetensors and JSON are read (never a pickle); the weights and the card must match
+    the digests in the card, the weights the shapes of the architecture the card names, and the
+    card's classes the model's outputs. ``calibrated`` wraps the module with the card's softmax
+    temperature, so that its softmax is calibrated; without it the network is returned as
+    trained (an ensemble member, a model to fine-tune).
+    """
+    arrays, card = read_weights(path)
+    try:
+        model = build_from_card(card)
+    except (KeyError, TypeError) as error:
+        raise ModelError(f"{path}: the model card names an unknown model ({error})") from None
+    state = {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()
+        raise ModelError(
+            f"{path}: weights do not fit the model ({first[1 if len(first) > 1 else 0].strip()})"
+        ) from None
+    wrapped = Calibrated(model.eval(), card.get("temperature", 1.0)).eval()
+    with torch.inference_mode():  # a blank digit: (1, 1, 28, 28) in, (1, outputs) out
+        logits = wrapped(torch.zeros(1, 1, 28, 28))
+    check_card(card, path, outputs=logits.shape[-1])
+    check_finite(torch.softmax(logits, dim=-1).numpy(), path)
+    return (wrapped if calibrated else model).to(device), ModelCard.from_dict(card)

@@ -154,7 +154,7 @@ def read_bytes(path: str | os.PathLike[str]) -> bytes:
             # A FIFO or device would block or never end.
             raise ImageError("not a regular file")
         if status.st_size > MAX_FILE_BYTES:
-            raise ImageError(_too_large_message(status.st_size))
+            raise ImageError(too_large_message(status.st_size))
         with open(path, "rb") as file:
             # Read one byte past the limit in case the file grew since stat().
             data = file.read(MAX_FILE_BYTES + 1)
@@ -171,7 +171,7 @@ def read_bytes(path: str | os.PathLike[str]) -> bytes:
     if not data:
         raise ImageError("empty file")
     if len(data) > MAX_FILE_BYTES:
-        raise ImageError(_too_large_message(len(data)))
+        raise ImageError(too_large_message(len(data)))
     return data
 
 
@@ -213,7 +213,7 @@ def open_image(data: bytes) -> Image.Image:
             raise ImageError(_unidentified_message(data)) from None
         width, height = image.size
         if width * height > MAX_PIXELS:
-            raise ImageError(_too_many_pixels_message(width, height))
+            raise ImageError(too_many_pixels_message(width, height))
         if width == 0 or height == 0:
             raise ImageError("image has no pixels")
         bomb = decompression_bomb(width, height, image_bytes)
@@ -237,7 +237,7 @@ def image_data_size(data: bytes) -> int:
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         size = _webp_size(data)
         if size is not None and size[0] * size[1] > MAX_PIXELS:
-            raise ImageError(_too_many_pixels_message(*size))
+            raise ImageError(too_many_pixels_message(*size))
     return len(data)
 
 
@@ -723,11 +723,11 @@ def _paper_difference(gray: np.ndarray) -> tuple[np.ndarray, float]:
     return difference, floor
 
 
-def _too_large_message(size: int) -> str:
+def too_large_message(size: int) -> str:
     return f"file too large ({size / 2**20:.1f} MiB, limit {MAX_FILE_BYTES // 2**20} MiB)"
 
 
-def _too_many_pixels_message(width: int, height: int) -> str:
+def too_many_pixels_message(width: int, height: int) -> str:
     return f"image too large ({width}x{height} pixels, limit {MAX_PIXELS // 1_000_000} megapixels)"
 
 
@@ -735,7 +735,7 @@ def _check_size(data: bytes) -> None:
     if not data:
         raise ImageError("empty file")
     if len(data) > MAX_FILE_BYTES:
-        raise ImageError(_too_large_message(len(data)))
+        raise ImageError(too_large_message(len(data)))
 
 
 @contextmanager

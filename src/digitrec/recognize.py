@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from digitrec import preprocess, segment
+from digitrec.checkpoint import ModelCard, ModelError
 from digitrec.config import available_cores
 from digitrec.inputs import ImageSource, as_bytes
 
@@ -148,7 +149,7 @@ class OnnxBackend:
     def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
         import onnxruntime as ort
 
-        from digitrec.checkpoint import ModelError
+        from digitrec.checkpoint import ModelCard, ModelError
 
         self.path = Path(path)
         self.session = ort.InferenceSession(
@@ -159,7 +160,7 @@ class OnnxBackend:
         if "digitrec_card" not in meta:
             raise ModelError(f"{path}: ONNX file without a digitrec model card")
         try:
-            self.card = json.loads(meta["digitrec_card"])
+            self.card = ModelCard.from_dict(json.loads(meta["digitrec_card"]))
         except json.JSONDecodeError:
             raise ModelError(f"{path}: its model card is not valid JSON") from None
         self._replay_check(meta)
@@ -213,43 +214,18 @@ class OnnxBackend:
         return self.session.run(None, {self.input_name: x})[0]
 
 
-def load_model(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
-    """Rebuild a model from a run directory or .safetensors file alone: (module, card).
-
-    Only safetensors and JSON are read (never a pickle); the weights and the card must match
-    the digests in the card, the weights the shapes of the architecture the card names, and the
-    card's classes the model's outputs. The module includes the card's softmax temperature, so
-    its softmax is calibrated.
-    """
-    import torch
-
-    from digitrec.checkpoint import ModelError, check_card, check_finite, read_weights
-    from digitrec.models import Calibrated, build_from_card
-
-    arrays, card = read_weights(path)
-    try:
-        model = build_from_card(card)
-    except (KeyError, TypeError) as error:
-        raise ModelError(f"{path}: the model card names an unknown model ({error})") from None
-    state = {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        first = str(error).strip().splitlines()
-        raise ModelError(
-            f"{path}: weights do not fit the model ({first[1 if len(first) > 1 else 0].strip()})"
-        ) from None
-    model = Calibrated(model.eval(), card.get("temperature", 1.0)).eval()
-    with torch.inference_mode():  # a blank digit: (1, 1, 28, 28) in, (1, outputs) out
-        logits = model(torch.zeros(1, 1, 28, 28))
-    check_card(card, path, outputs=logits.shape[-1])
-    check_finite(torch.softmax(logits, dim=-1).numpy(), path)
-    return model, card
-
-
 def bundled_model() -> Path:
     """The weights shipped inside the package (`digitrec/pretrained/model.safetensors`)."""
     return BUNDLED_DIR / "model.safetensors"
+
+
+def model_or_bundled(path: str | os.PathLike | None) -> Path:
+    """``path``, or the bundled model's weights when it is None (an error if not installed)."""
+    if path is not None:
+        return Path(path)
+    if not bundled_model().is_file():
+        raise ModelError("no bundled model in this installation; pass --model RUN_DIR")
+    return bundled_model()
 
 
 def torch_available() -> bool:
@@ -330,7 +306,7 @@ def _check_same_weights(runner: OnnxBackend, weights: Path) -> None:
             card = json.loads((f.metadata() or {}).get("digitrec_card", "{}"))
     except Exception:  # an unreadable weights file says nothing about the export
         return
-    exported, own = runner.card.get("tensors_sha256"), card.get("tensors_sha256")
+    exported, own = runner.card.tensors_sha256, card.get("tensors_sha256")
     if exported and own and exported != own:
         raise ModelError(
             f"{runner.path} was exported from other weights than {weights}; "
@@ -341,7 +317,7 @@ def _check_same_weights(runner: OnnxBackend, weights: Path) -> None:
 class Recognizer:
     """Reads digits in images with one model; load once, call many times."""
 
-    def __init__(self, backend: TorchBackend | OnnxBackend, card: dict[str, Any]) -> None:
+    def __init__(self, backend: TorchBackend | OnnxBackend, card: ModelCard) -> None:
         self.backend = backend
         self.card = card
 
@@ -371,6 +347,8 @@ class Recognizer:
             if exported_from is not None:
                 _check_same_weights(runner, exported_from)
             return cls(runner, runner.card)
+        from digitrec.models import load_model
+
         module, card = load_model(path)
         return cls(TorchBackend(module), card)
 
@@ -385,7 +363,7 @@ class Recognizer:
             for i in range(0, len(images), batch_size)
         ]
         # A NaN must never reach an answer: JSON cannot carry it and "0 at NaN" reads as sure.
-        return check_finite(np.concatenate(parts), self.card.get("model", "model"))
+        return check_finite(np.concatenate(parts), self.card.model)
 
     def recognize(self, image: ImageSource, stages: dict | None = None) -> ImageResult:
         """One image -> its digits: a path, bytes, a binary file object, a PIL image or a numpy

@@ -7,7 +7,6 @@ checked by hand; `write_report` runs the model once over the test set and writes
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 import os
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from digitrec import figures
+from digitrec.pages import figure_html, table_html, write_html
 
 CALIBRATION_BINS = 15
 GALLERY_SIZE = 40
@@ -148,59 +148,6 @@ def confusion_table(confusion: np.ndarray, classes: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-# --- HTML: one self-contained page, every figure inlined -----------------------------------
-
-STYLE = """
-body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em;
-       color: #222; line-height: 1.45; }
-h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2em; }
-figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
-figcaption { color: #555; font-size: 0.92em; }
-table { border-collapse: collapse; font-size: 0.9em; margin: 0.6em 0; }
-td, th { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: right; }
-th { background: #f6f6f6; } td:first-child, th:first-child { text-align: left; }
-pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
-.note { background: #fff8e1; border-left: 4px solid #ffb300; padding: 0.5em 0.8em; }
-"""
-
-
-def data_uri(path: str | os.PathLike) -> str:
-    """A PNG file as a data: URI, so the page needs no other file."""
-    encoded = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-    return f"data:image/png;base64,{encoded}"
-
-
-def figure_html(path: str | os.PathLike, caption: str) -> str:
-    """An embedded figure; `caption` is HTML."""
-    alt = html.escape(Path(path).stem.replace("-", " "))
-    return (
-        f'<figure><img src="{data_uri(path)}" alt="{alt}">'
-        f"<figcaption>{caption}</figcaption></figure>"
-    )
-
-
-def table_html(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in rows
-    )
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def html_page(title: str, body: str) -> str:
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>"
-        f"<body>{body}</body></html>\n"
-    )
-
-
-def write_html(path: str | os.PathLike, title: str, body: str) -> Path:
-    path = Path(path)
-    path.write_text(html_page(title, body), encoding="utf-8")
-    return path
-
-
 def read_history(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """The run's per-epoch history.json, or [] when the run has none."""
     run_dir = Path(run_dir)
@@ -226,13 +173,13 @@ def write_report(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    classes = list(card.get("classes") or splits.classes or [str(i) for i in range(10)])
+    classes = list(card.classes)
     logits = predict_logits(model, splits.test.images).double().numpy()
     labels = splits.test.labels.cpu().numpy().astype(np.int64)
     metrics = split_metrics(logits, labels, classes)
-    metrics["model"] = card.get("model")
-    metrics["dataset"] = card.get("dataset", {}).get("name", splits.dataset)
-    metrics["temperature"] = card.get("temperature", 1.0)
+    metrics["model"] = card.model
+    metrics["dataset"] = card.dataset or splits.dataset
+    metrics["temperature"] = card.temperature
     confusion = np.array(metrics["confusion_matrix"])
     paths = _metric_figures(metrics, confusion, classes, out_dir)
     mistakes = _mistakes_figure(softmax(logits), labels, classes, splits.test.images, out_dir)
@@ -247,7 +194,7 @@ def write_report(
     (out_dir / "confusion.txt").write_text(text_table, encoding="utf-8")
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     body = _report_body(run_dir, card, metrics, paths, text_table, history)
-    return write_html(out_dir / "report.html", f"digitrec report: {card.get('model')}", body)
+    return write_html(out_dir / "report.html", f"digitrec report: {card.model}", body)
 
 
 def _metric_figures(
@@ -339,9 +286,9 @@ def _summary_parts(run_dir: Any, card: dict[str, Any], metrics: dict[str, Any]) 
         f"{metrics['ece']:.4f}",
     ]
     return [
-        f"<h1>Evaluation report: {esc(str(card.get('model')))}</h1>",
+        f"<h1>Evaluation report: {esc(card.model)}</h1>",
         f"<p>Run <code>{esc(str(run_dir))}</code>, dataset {esc(str(metrics['dataset']))}, "
-        f"{card.get('parameters', 0):,} parameters, trained {esc(str(card.get('created', '?')))}"
+        f"{card.parameters:,} parameters, trained {esc(card.created or '?')}"
         f", softmax temperature {metrics['temperature']:.3g}.</p>",
         "<h2>Test set</h2>",
         table_html(header, [row]),

@@ -44,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from digitrec import checkpoint
 from digitrec.config import available_cores
 from digitrec.recognize import ImageResult, Recognizer
 
@@ -58,6 +59,9 @@ RAW_TYPES = ("application/octet-stream", "")  # besides image/*; "" is a body wi
 PAGE_POLICY = "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'"
 # How `run_server` hands its settings to the worker processes, which build their own app.
 SETTINGS_VARIABLE = "DIGITREC_SERVE_SETTINGS"
+# With several worker processes, the file where a worker that reloaded says which model it
+# loaded: the others see the file change and load the same model before their next answer.
+RELOAD_FILE_VARIABLE = "DIGITREC_RELOAD_FILE"
 # Seconds to wait before asking again, sent with every 503 this server makes.
 RETRY_AFTER_S = 1
 # A refusal sent before reading the rest of the request: closing the connection is the only way
@@ -149,22 +153,21 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     422: {"model": Problem, "description": "not a readable image (empty, corrupt, too large)"},
     503: {"model": Problem, "description": "busy: retry after the Retry-After header's seconds"},
 }
-# The body is read by hand (to enforce the size limit while reading), so describe it here.
-RECOGNIZE_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {"file": {"type": "string", "format": "binary"}},
-                    "required": ["file"],
-                }
-            },
-            "image/*": {"schema": {"type": "string", "format": "binary"}},
-        },
-    }
-}
+
+
+def multipart_body(fields: dict[str, dict[str, str]], raw_image: bool = False) -> dict:
+    """The OpenAPI request body of a form with a file and ``fields`` (all required); bodies
+    are read by hand (to enforce the size limit while reading), so they are described here.
+    ``raw_image``: the image may also come as the whole body."""
+    properties = {"file": {"type": "string", "format": "binary"}, **fields}
+    form = {"schema": {"type": "object", "properties": properties, "required": list(properties)}}
+    content: dict[str, Any] = {"multipart/form-data": form}
+    if raw_image:
+        content["image/*"] = {"schema": {"type": "string", "format": "binary"}}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+RECOGNIZE_BODY = multipart_body({}, raw_image=True)
 
 
 # --- settings and bounds ------------------------------------------------------------------------
@@ -329,9 +332,9 @@ def create_app(
             STATIC_DIR / "index.html", headers={"Content-Security-Policy": PAGE_POLICY}
         )
 
-    from digitrec.feedback_api import feedback_router  # it builds on this module
+    from digitrec.feedback_api import add_feedback_api  # it builds on this module
 
-    app.include_router(feedback_router(model, backend, admin_token, feedback_db))
+    add_feedback_api(app, model, backend, admin_token, feedback_db)
     add_docs(app)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
@@ -398,9 +401,7 @@ def add_status(app: FastAPI) -> None:
     @app.get("/api/health", response_model=Health, summary="Is the server up, with which model")
     async def health(request: Request) -> Health:
         recognizer = request.app.state.recognizer
-        return Health(
-            status="ok", model=str(recognizer.card.get("model", "?")), backend=_backend(recognizer)
-        )
+        return Health(status="ok", model=recognizer.card.model, backend=_backend(recognizer))
 
     @app.get(
         "/api/ready",
@@ -413,12 +414,12 @@ def add_status(app: FastAPI) -> None:
         if not state.ready:
             why = state.warm_up_error or "the model has not answered its warm-up request yet"
             raise HTTPException(503, f"not ready: {why}", headers={"Retry-After": "1"})
-        return Readiness(status="ready", model=str(state.recognizer.card.get("model", "?")))
+        return Readiness(status="ready", model=state.recognizer.card.model)
 
     @app.get("/api/model", response_model=ModelCard, summary="The model card")
     async def model_card(request: Request) -> ModelCard:
         recognizer = request.app.state.recognizer
-        card = recognizer.card
+        card = recognizer.card.to_dict()
         metrics = card.get("metrics") or {}
         return ModelCard.model_validate(
             {
@@ -667,6 +668,7 @@ def run_server(
             # Each worker writes its counts here and /metrics adds up every worker's, whichever
             # one answers. Set before any worker imports prometheus_client, which reads it then.
             os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", metrics_dir)
+            os.environ[RELOAD_FILE_VARIABLE] = str(Path(metrics_dir) / "reload.json")
         factory = "digitrec.serve:app_from_environment"
         settings = {"host": host, "port": port, "log_level": "info", **uvicorn_settings(config)}
         if config.workers == 1:
@@ -826,7 +828,7 @@ class Metrics:
     its values to files there, and /metrics adds up all of them, whichever worker answers.
     """
 
-    def __init__(self, card: dict[str, Any], backend: str) -> None:
+    def __init__(self, card: checkpoint.ModelCard, backend: str) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
@@ -849,15 +851,23 @@ class Metrics:
             "Digits read in images sent to /api/recognize",
             registry=self.registry,
         )
-        model = Gauge(
+        self.model = Gauge(
             "digitrec_model_info",
-            "The model serving (always 1): name, backend, weights digest",
+            "1 for the model serving, 0 for one a reload replaced: name, backend, digest",
             ["model", "backend", "sha256"],
             multiprocess_mode="max",
             registry=self.registry,
         )
-        digest = card.get("model_sha256") or card.get("tensors_sha256") or ""
-        model.labels(str(card.get("model", "?")), backend, str(digest)).set(1)
+        self.serving = (card.model, backend, card.digest)
+        self.model.labels(*self.serving).set(1)
+
+    def set_model(self, card: checkpoint.ModelCard, backend: str) -> None:
+        """The model serving is now ``card``'s (after a reload)."""
+        # Set to 0, not removed: with several workers, values live in files that removing
+        # from this process would not clear.
+        self.model.labels(*self.serving).set(0)
+        self.serving = (card.model, backend, card.digest)
+        self.model.labels(*self.serving).set(1)
 
     def observe(self, route: str, status: int, seconds: float) -> None:
         self.requests.labels(route, str(status)).inc()

@@ -1239,30 +1239,14 @@ _PAGE_RENDERERS = {
 }
 
 
-# The bundled examples/ folder: one file per situation a user meets, each named after its answer.
+# The bundled examples/ folder: one file per situation a user meets, each named after its answer
+# (no huge file, which would only weigh on the repository; two files in other formats).
 EXAMPLE_KINDS = (
-    "paper",
-    "chalkboard",
-    "photo",
-    "canvas",
-    "offcenter",
-    "small",
-    "rotated",
-    "row",
-    "transparent",
+    *(kind for kind in PLAIN_KINDS if kind not in ("huge", "formats", "blank")),
     "formats",
     "formats",
     "blank",
-    "touching",
-    "lined",
-    "grid",
-    "boxed",
-    "circled",
-    "underlined",
-    "separators",
-    "multiline",
-    "lowres",
-    "notdigit",
+    *PAGE_KINDS,
 )
 
 

@@ -31,7 +31,6 @@ from digitrec.config import (
     RECIPES,
     AugmentConfig,
     DataConfig,
-    DeviceError,
     TrainConfig,
     recipe,
     to_dict,
@@ -40,53 +39,9 @@ from digitrec.config import (
 from digitrec.data import Split, Splits
 from digitrec.distributed import SINGLE_PROCESS, World
 from digitrec.evaluate import evaluate_split, fit_temperature, predict_logits
-from digitrec.models import count_parameters, create_model, to_input
+from digitrec.models import count_parameters, create_model, load_model, to_input
 
 Progress = Callable[[dict[str, Any]], None]
-
-
-def check_device(device: str) -> str:
-    """`device` if this process can train on it ("cpu", "cuda", "cuda:N"), else a DeviceError
-    that says why, before any data is loaded onto it."""
-    kind, _, index = device.partition(":")
-    if kind == "cpu" and not index:
-        return device
-    if kind != "cuda" or (index and not index.isdigit()):
-        raise DeviceError(f"unknown device {device!r}: use cpu, cuda or cuda:N")
-    if not torch.cuda.is_available():
-        raise DeviceError(
-            f"device {device!r}: no CUDA GPU is usable here (this torch build: "
-            f"{torch.__version__}); train on cpu"
-        )
-    if index and int(index) >= torch.cuda.device_count():
-        raise DeviceError(
-            f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)"
-        )
-    return device
-
-
-def make_splits(dataset: data.Dataset, config: DataConfig, device: str = "cpu") -> Splits:
-    """Hold out a fixed validation set (seeded by the dataset, not the run) and go to tensors."""
-    check_device(device)
-    train_index, val_index = data.split_validation(
-        len(dataset.train_labels), config.validation_size, seed=12345
-    )
-    if config.subset:
-        train_index = train_index[: config.subset]
-
-    def split(images: np.ndarray, labels: np.ndarray) -> Split:
-        x = torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1).to(device)
-        return Split(x, torch.from_numpy(labels.astype(np.int64)).to(device))
-
-    return Splits(
-        train=split(dataset.train_images[train_index], dataset.train_labels[train_index]),
-        validation=split(dataset.train_images[val_index], dataset.train_labels[val_index]),
-        test=split(dataset.test_images, dataset.test_labels),
-        dataset=dataset.name,
-        sha256=dict(dataset.sha256),
-        classes=tuple(dataset.classes),
-        subset=config.subset,
-    )
 
 
 def augment(x: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
@@ -1104,9 +1059,6 @@ def _load_member(
     member_dir: Path, device: str = "cpu"
 ) -> tuple[nn.Module, dict[str, Any], list[dict[str, Any]]]:
     """A finished ensemble member from its run directory: (uncalibrated model, card, history)."""
-    arrays, card = checkpoint.read_weights(member_dir)
-    model = create_model(card["model"], **card["model_args"]).to(device)
-    model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in arrays.items()})
-    model.eval()
+    model, card = load_model(member_dir, calibrated=False, device=device)
     history = json.loads((member_dir / checkpoint.HISTORY_FILE).read_text())
-    return model, card, history
+    return model, card.to_dict(), history

@@ -10,6 +10,15 @@ from pathlib import Path
 from digitrec.bench import comma_list, say
 
 
+def _write(report: dict, out: str, table: str) -> None:
+    """The report as JSON at ``out``, its table on the terminal, and where the JSON went."""
+    from digitrec import checkpoint
+
+    checkpoint.write_json(out, report)
+    say(table)
+    say(f"results: {out}")
+
+
 def run(args: argparse.Namespace) -> int:
     """`digitrec bench WHAT`: run one benchmark, write its JSON, print its table."""
     if args.what == "feedback":
@@ -25,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from digitrec import checkpoint, data
     from digitrec.bench import training as bench
     from digitrec.config import DataConfig
-    from digitrec.train import make_splits
+    from digitrec.data import make_splits
 
     if args.threads:
         import torch
@@ -97,7 +106,7 @@ def bench_scaling(args: argparse.Namespace) -> int:
 
 def bench_realworld(args: argparse.Namespace) -> int:
     """Per-kind accuracy and files/s on MNIST test digits rendered as users' files."""
-    from digitrec import checkpoint, data, synth
+    from digitrec import data, synth
     from digitrec.bench import realworld
     from digitrec.recognize import Recognizer
 
@@ -116,20 +125,17 @@ def bench_realworld(args: argparse.Namespace) -> int:
         say(f"wrote {len(realworld.write_set(items, args.write))} files to {args.write}")
     recognizer = Recognizer.load(args.model)
     report = {
-        "model": recognizer.card.get("command") or args.model or "bundled",
+        "model": recognizer.card.command or args.model or "bundled",
         **realworld.score(recognizer, items),
     }
-    out = args.out or "bench-realworld.json"
-    checkpoint.write_json(out, report)
-    say(realworld.table(report))
-    say(f"results: {out}")
+    _write(report, args.out or "bench-realworld.json", realworld.table(report))
     return 0
 
 
 def bench_feedback(args: argparse.Namespace) -> int:
     """A simulated writer's error after fine-tuning on 20, 50, 100 of their corrections, with
     MNIST test accuracy and seconds per fine-tune; exit 3 when a target is missed."""
-    from digitrec import checkpoint, data
+    from digitrec import data
     from digitrec.bench import feedback as writer_bench
 
     try:
@@ -158,10 +164,7 @@ def bench_feedback(args: argparse.Namespace) -> int:
     report = writer_bench.run_benchmark(
         dataset, counts, model=args.model, config=config, data_dir=args.data_dir, on_result=show
     )
-    out = args.out or "bench-feedback.json"
-    checkpoint.write_json(out, report)
-    say(writer_bench.table(report))
-    say(f"results: {out}")
+    _write(report, args.out or "bench-feedback.json", writer_bench.table(report))
     if args.plot:
         say(f"plot: {writer_bench.plot(report, args.plot)}")
     return 0 if writer_bench.met(report) else 3
@@ -169,7 +172,6 @@ def bench_feedback(args: argparse.Namespace) -> int:
 
 def bench_infer(args: argparse.Namespace) -> int:
     """PyTorch vs ONNX Runtime: digits/s at one batch size and `recognize` cold start."""
-    from digitrec import checkpoint
     from digitrec.bench import inference
 
     report = inference.bench_inference(
@@ -179,10 +181,7 @@ def bench_infer(args: argparse.Namespace) -> int:
         threads=args.threads,
         cold_starts=args.cold_starts,
     )
-    out = args.out or "bench-infer.json"
-    checkpoint.write_json(out, report)
-    say(inference.inference_table(report))
-    say(f"results: {out}")
+    _write(report, args.out or "bench-infer.json", inference.inference_table(report))
     return 0 if all(report["met"].values()) else 3
 
 
@@ -191,7 +190,7 @@ def bench_serve(args: argparse.Namespace) -> int:
     and three images; driven by wrk when installed. Fails on any error."""
     import importlib
 
-    from digitrec import checkpoint, data
+    from digitrec import data
     from digitrec.bench import serving as loadtest
     from digitrec.config import available_cores
 
@@ -228,8 +227,5 @@ def bench_serve(args: argparse.Namespace) -> int:
         requests=args.requests,
         model=args.model,
     )
-    out = args.out or "bench-serve.json"
-    checkpoint.write_json(out, report)
-    say(loadtest.load_table(report))
-    say(f"results: {out}")
+    _write(report, args.out or "bench-serve.json", loadtest.load_table(report))
     return 3 if any(run["errors"] for run in report["runs"]) else 0

@@ -247,7 +247,7 @@ def run_benchmark(
     pool_results = base.recognize_many(pool_pngs)
     pool_wrong = misread(pool_results, labels[pool])
     report: dict[str, Any] = {
-        "model": base.card.get("command") or (str(model) if model else "bundled"),
+        "model": base.card.command or (str(model) if model else "bundled"),
         "machine": machine(),
         "writer": writer_settings(seed, len(held), len(pool), int(pool_wrong.sum())),
         "config": asdict(config),

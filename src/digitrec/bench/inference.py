@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from digitrec import checkpoint
 from digitrec.checkpoint import ModelError
 from digitrec.export import ONNX_FILE, export_module
 
@@ -50,7 +51,9 @@ TARGET_DIGITS_PER_SECOND = 40_000
 TARGET_COLD_START_S = 1.0
 
 
-def _bench_model(model: str | os.PathLike | None, folder: Path) -> tuple[Any, dict, Path, str]:
+def _bench_model(
+    model: str | os.PathLike | None, folder: Path
+) -> tuple[Any, checkpoint.ModelCard, Path, str]:
     """(module, card, weights file, description) for the benchmark.
 
     None: the bundled model, or, in a package built without one, the default recipe's
@@ -58,11 +61,12 @@ def _bench_model(model: str | os.PathLike | None, folder: Path) -> tuple[Any, di
     so that the command-line cold start can load it like any run.
     """
     from digitrec import checkpoint
-    from digitrec.recognize import bundled_model, load_model
+    from digitrec.models import load_model
+    from digitrec.recognize import bundled_model
 
     if model is None and bundled_model().is_file():
         module, card = load_model(bundled_model())
-        description = f"bundled ({card.get('command') or card.get('model')})"
+        description = f"bundled ({card.description})"
         return module, card, bundled_model(), description
     if model is not None:
         module, card = load_model(model)
@@ -73,7 +77,7 @@ def _bench_model(model: str | os.PathLike | None, folder: Path) -> tuple[Any, di
     config = RECIPES["robust"]  # the recipe of the default recognition model
     inner = create_model(config.model, **config.model_args).eval()
     card = {"model": config.model, "model_args": dict(config.model_args), "temperature": 1.0}
-    card = checkpoint.save_run(folder, inner.state_dict(), card)
+    card = checkpoint.ModelCard.from_dict(checkpoint.save_run(folder, inner.state_dict(), card))
     description = f"{config.model} (random weights: no bundled model in this installation)"
     return Calibrated(inner).eval(), card, folder / checkpoint.WEIGHTS_FILE, description
 
@@ -140,7 +144,7 @@ def bench_inference(
         }
     report = {
         "model": description,
-        "architecture": card.get("model"),
+        "architecture": card.model,
         "parameters": count_parameters(module),
         "batch": batch,
         "threads": threads,
