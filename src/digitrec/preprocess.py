@@ -28,10 +28,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from digitrec import layout
 from digitrec.config import available_cores
@@ -83,6 +84,16 @@ OTHER_SIGNATURES = (
 # Large photos are shrunk to this longest side before the ink and box steps: 1024 px is far more
 # than a 20x20 box needs, and it keeps the morphology below a few milliseconds.
 WORKING_SIZE = 1024
+# A JPEG larger than that is decoded at a reduction of its DCT (1/2, 1/4, 1/8), the picture
+# most of its decoding time is spent on; down to this fraction of WORKING_SIZE the reduced
+# picture is worked on as it is (a 4000 px photo at 1000 px), which spares the resize too.
+DRAFT_FRACTION = 0.9
+# Ink whose strokes are this wide (pixels) at half the working scale is read at that scale;
+# pictures whose longest side would then be under MIN_HALF_SIDE never are.
+THICK_STROKE = 2.5
+MIN_HALF_SIDE = 300
+# Ink at least this strong is the solid core of a stroke at half the working scale.
+CORE_INK = 0.9
 # Side of the thumbnail on which polarity and the background illumination are estimated. Strokes
 # shrink to a pixel or two there, so a morphological opening removes them and leaves the paper.
 BACKGROUND_SIZE = 64
@@ -182,19 +193,59 @@ def decode(data: bytes) -> np.ndarray:
     is composited onto a paper colour chosen so that ink drawn only in the alpha channel shows.
     The header is checked by `open_image` first, and any failure of a decoder is an ImageError.
     """
+    gray, _ = _decode_gray(data, None)
+    return _as_float(gray)
+
+
+def _decode_gray(data: bytes, longest: int | None) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode image bytes into an upright (H, W) gray image, uint8 for 8-bit pictures without
+    transparency and float32 in [0, 1] for the others, and the (width, height) of the whole
+    upright picture.
+
+    With ``longest``, a JPEG whose longest side is over it is decoded at a reduction of its DCT
+    (see `_draft_size`): the decoder skips the fine frequencies instead of computing them for a
+    resize to throw away.
+    """
     _check_size(data)
     with _decoder_errors():
         image = open_image(data)
-        if image.format == "JPEG" and image.mode in ("RGB", "YCbCr"):
-            # Let the JPEG decoder keep only the luma: half the decode time, same gray.
-            image.draft("L", image.size)
+        size = image.size
+        if image.format in ("JPEG", "MPO"):
+            # Let the JPEG decoder keep only the luma (half the decode time, same gray), at
+            # the reduction asked for.
+            reduced = _draft_size(size, longest)
+            if image.mode in ("RGB", "YCbCr") or reduced != size:
+                image.draft("L", reduced)
         # Only the first frame of a multi-frame TIFF, GIF or MPO is decoded.
         image.load()
+        decoded = image.size
         image = _exif_upright(image)
-        gray, alpha = _gray_and_alpha(image)
+        gray = _gray_bytes(image)
+        alpha = None
+        if gray is None:
+            gray, alpha = _gray_and_alpha(image)
     if alpha is not None:
         gray = _composite(gray, alpha)
-    return gray
+    # A quarter turn of the EXIF orientation swaps the sides of the whole picture too.
+    if image.size != decoded:
+        size = (size[1], size[0])
+    return gray, size
+
+
+def _draft_size(size: tuple[int, int], longest: int | None) -> tuple[int, int]:
+    """The size to ask of the JPEG decoder's draft mode for a picture of ``size``: the largest
+    reduction (1/2, 1/4, 1/8) that keeps at least DRAFT_FRACTION of ``longest`` pixels on its
+    longest side, or ``size`` itself for none.
+
+    Pillow decodes at the largest reduction whose result is at least the size asked for.
+    """
+    width, height = size
+    if longest is None:
+        return size
+    for reduction in (8, 4, 2):
+        if max(width, height) >= DRAFT_FRACTION * longest * reduction:
+            return (max(1, width // reduction), max(1, height // reduction))
+    return size
 
 
 def open_image(data: bytes) -> Image.Image:
@@ -262,14 +313,20 @@ def to_ink(gray: np.ndarray) -> np.ndarray:
     anti-aliased grey levels of strokes are kept.
     """
     difference, floor = _paper_difference(gray)
+    return _ink_from_difference(difference, floor)
+
+
+def _ink_from_difference(difference: np.ndarray, floor: float) -> np.ndarray:
+    """The ink map of `to_ink` from the paper difference and its noise floor."""
     contrast = float(difference.max()) - floor
     # Strokes reach 1 a little below their peak: pen pressure and lighting vary along a stroke.
     # Below MIN_CONTRAST the map also fades with the contrast, so that a blank page's residue of
     # lighting and JPEG noise stays far below ink while faint pencil still shows.
     scale = max(contrast, MIN_CONTRAST)
     gain = min(1.0, max(contrast, 0.0) / MIN_CONTRAST) ** 2 / (0.8 * scale)
-    ink = (difference - floor) * gain
-    return np.clip(ink, 0.0, 1.0).astype(np.float32)
+    # (difference - floor) * gain in one pass, into the difference's own memory.
+    ink = cv2.addWeighted(difference, gain, difference, 0.0, -floor * gain, dst=difference)
+    return np.clip(ink, 0.0, 1.0, out=ink)
 
 
 def find_digit_boxes(ink: np.ndarray) -> list[tuple[int, int, int, int]]:
@@ -285,11 +342,12 @@ def find_digit_boxes(ink: np.ndarray) -> list[tuple[int, int, int, int]]:
 
 
 def _read_layout(
-    ink: np.ndarray,
+    ink: np.ndarray, ink_bytes: np.ndarray | None = None
 ) -> tuple[list[list[tuple[int, int, int, int]]], list[tuple[str, tuple[int, int, int, int], int]]]:
     """The digit boxes of each text line (lines top to bottom, boxes left to right) and the
-    separators as (character, box, line), in the same order."""
-    labels, components = _ink_components(ink)
+    separators as (character, box, line), in the same order; ``ink_bytes`` as for
+    `_ink_components`."""
+    labels, components = _ink_components(ink, ink_bytes)
     minimum_side = max(2.0, MIN_SPECK_FRACTION * min(ink.shape))
     # A speck is small in both directions; a thin 1 is narrow but tall. Specks are kept until
     # the separators are read, since a decimal point is one.
@@ -326,17 +384,21 @@ def _read_layout(
 
 
 def _ink_components(
-    ink: np.ndarray,
+    ink: np.ndarray, ink_bytes: np.ndarray | None = None
 ) -> tuple[np.ndarray, list[tuple[int, tuple[int, int, int, int], int]]]:
     """Label the thresholded ink map; return the labels and the (label, box, area) of every
-    component of two pixels or more that does not lie along an image edge."""
-    ink_bytes = np.clip(ink * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    component of two pixels or more that does not lie along an image edge. ``ink_bytes`` is
+    the ink map in 0..255 (`_ink_bytes`) when the caller has it already."""
+    if ink_bytes is None:
+        ink_bytes = _ink_bytes(ink)
     if int(ink_bytes.max()) < MIN_INK_THRESHOLD * 255:
         return np.zeros(ink.shape, np.int32), []
-    otsu, _ = cv2.threshold(ink_bytes, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    threshold = max(otsu, MIN_INK_THRESHOLD * 255)
-    _, mask = cv2.threshold(ink_bytes, threshold, 255, cv2.THRESH_BINARY)
-    count, labels, statistics, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    otsu, mask = cv2.threshold(ink_bytes, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    # Otsu's own mask serves unless his threshold is under MIN_INK_THRESHOLD (on bytes,
+    # cv2.threshold keeps what lies above the whole part of a threshold: 76 and 76.5 agree).
+    if otsu < int(MIN_INK_THRESHOLD * 255):
+        _, mask = cv2.threshold(ink_bytes, MIN_INK_THRESHOLD * 255, 255, cv2.THRESH_BINARY)
+    count, labels, statistics = _label(mask)
     # How many pixels of each component lie on each image edge: top, bottom, left, right.
     edges = [labels[0, :], labels[-1, :], labels[:, 0], labels[:, -1]]
     contacts = [np.bincount(edge, minlength=count) for edge in edges]
@@ -359,6 +421,31 @@ def _ink_components(
     return labels, components
 
 
+def _ink_bytes(ink: np.ndarray) -> np.ndarray:
+    """An ink map in [0, 1] as uint8 0..255, rounded, in one pass."""
+    return cv2.addWeighted(ink, 255.0, ink, 0.0, 0.0, dtype=cv2.CV_8U)
+
+
+def _label(mask: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """cv2.connectedComponentsWithStats of a non-empty mask with 8-connectivity: the count,
+    the labels and the statistics.
+
+    Only the bounding box of the ink is labelled: a drawing on a blank canvas fills a fraction
+    of it. Labels fit in 16 bits while the mask has fewer ink pixels than that holds, and
+    OpenCV labels into 16 bits three times as fast as into 32.
+    """
+    x, y, width, height = cv2.boundingRect(mask)
+    window = mask[y : y + height, x : x + width]
+    small = width * height < 2**16 - 1 or cv2.countNonZero(window) < 2**16 - 1
+    count, window_labels, statistics, _ = cv2.connectedComponentsWithStats(
+        window, connectivity=8, ltype=cv2.CV_16U if small else cv2.CV_32S
+    )
+    labels = np.zeros(mask.shape, window_labels.dtype)
+    labels[y : y + height, x : x + width] = window_labels
+    statistics[1:, :2] += (x, y)
+    return count, labels, statistics
+
+
 def to_mnist(ink: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
     """Crop one digit, fit it into 20x20 keeping its aspect ratio, centre it by mass in 28x28.
 
@@ -379,10 +466,7 @@ def to_mnist(ink: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
         # Dilation is a max filter, so the anti-aliased edge keeps its grey levels.
         grow = int(round((wanted_width - stroke_width) / 2))
         if grow > 0:
-            crop = np.pad(crop, grow)
-            side = 2 * grow + 1
-            kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (side, side))
-            crop = cv2.dilate(crop, kernel)
+            crop = _thicken(crop, grow)
             height, width = crop.shape
             scale = BOX_SIZE / max(height, width)
 
@@ -429,18 +513,12 @@ def extract_digits(data: bytes, stages: dict[str, np.ndarray] | None = None) -> 
 def extract_page(data: bytes, stages: dict[str, np.ndarray] | None = None) -> Page:
     """Decode image bytes and return its digits and the separators between them (". , - / :"),
     both in reading order; ``stages`` as for `extract_digits`."""
-    gray = decode(data)
-    height, width = gray.shape
-    # Work on at most WORKING_SIZE px a side; boxes are scaled back to the original pixels.
-    scale = min(1.0, WORKING_SIZE / max(height, width))
-    if scale < 1.0:
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        working = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
-    else:
-        working = gray
-    ink = to_ink(working)
-    clean, structure = layout.remove_structure(ink)
-    lines, marks = _read_layout(clean)
+    gray, (width, height) = _decode_gray(data, WORKING_SIZE)
+    # Work on at most WORKING_SIZE px a side, or on the JPEG decoder's reduction a little under
+    # that; boxes are scaled back to the original pixels.
+    scale = min(1.0, WORKING_SIZE / max(height, width), max(gray.shape) / max(height, width))
+    reading = _read_at_stroke_scale(gray, (width, height), scale)
+    clean, scale = reading.clean, reading.scale
     digits = [
         Digit(
             image=to_mnist(clean, box),
@@ -449,23 +527,93 @@ def extract_page(data: bytes, stages: dict[str, np.ndarray] | None = None) -> Pa
             ink=clean[max(box[1], 0) : box[1] + box[3], max(box[0], 0) : box[0] + box[2]].copy(),
             scale=scale,
         )
-        for line, boxes in enumerate(lines)
+        for line, boxes in enumerate(reading.lines)
         for box in boxes
     ]
     separators = [
         Separator(char=char, box=_scale_box(box, scale, width, height), line=line)
-        for char, box, line in marks
+        for char, box, line in reading.marks
     ]
     if stages is not None:
-        stages["1-decoded"] = working
-        stages["2-ink"] = ink
-        if structure.any():
-            stages["2b-structure"] = structure
+        stages["1-decoded"] = _as_float(reading.working)
+        stages["2-ink"] = reading.ink
+        if reading.structure.any():
+            stages["2b-structure"] = reading.structure
             stages["2c-ink"] = clean
-        stages["3-boxes"] = _draw_boxes(clean, [box for boxes in lines for box in boxes], marks)
+        boxes = [box for line in reading.lines for box in line]
+        stages["3-boxes"] = _draw_boxes(clean, boxes, reading.marks)
         for index, digit in enumerate(digits):
             stages[f"4-digit-{index}"] = digit.image
     return Page(digits=digits, separators=separators)
+
+
+class _Reading(NamedTuple):
+    """A page read at one scale: the steps of `extract_page` up to the boxes."""
+
+    scale: float  # working pixels per original pixel
+    working: np.ndarray  # (H, W) gray, uint8 or float32 in [0, 1]
+    ink: np.ndarray  # (H, W) float32 ink map
+    clean: np.ndarray  # the ink map with paper structure erased
+    structure: np.ndarray  # what was erased
+    lines: list[list[tuple[int, int, int, int]]]  # digit boxes of each text line
+    marks: list[tuple[str, tuple[int, int, int, int], int]]  # separators: char, box, line
+
+
+def _read_at_stroke_scale(gray: np.ndarray, size: tuple[int, int], scale: float) -> _Reading:
+    """Read the decoded ``gray`` of a picture of ``size`` (width, height) at ``scale``, or at
+    half of it where that loses nothing, for a quarter of the cost.
+
+    Strokes several pixels wide hold no more than strokes half as wide, so one plain digit in
+    thick strokes (a drawing on a canvas, a photo of one digit) is read at half the scale. On
+    a page of several digits, narrow gaps between them would close there and dots fade, so
+    it is read at the full scale.
+    """
+    width, height = size
+    half = scale / 2
+    if max(width, height) * half >= MIN_HALF_SIDE:
+        working = _resize_gray(gray, (max(1, round(width * half)), max(1, round(height * half))))
+        ink = _ink_from_difference(*_paper_difference(working))
+        if _stroke_width(ink) >= THICK_STROKE:
+            reading = _read_ink(working, ink, half)
+            if _one_plain_digit(reading):
+                return reading
+    working = _resize_gray(gray, (max(1, round(width * scale)), max(1, round(height * scale))))
+    return _read_ink(working, _ink_from_difference(*_paper_difference(working)), scale)
+
+
+def _read_ink(working: np.ndarray, ink: np.ndarray, scale: float) -> _Reading:
+    """Erase the paper structure from an ink map and read its digit boxes and separators."""
+    clean, structure = layout.remove_structure(ink)
+    # The components are found on the bytes of the ink map unless structure was erased from it.
+    lines, marks = _read_layout(clean, _ink_bytes(ink) if clean is ink else None)
+    return _Reading(scale, working, ink, clean, structure, lines, marks)
+
+
+def _one_plain_digit(reading: _Reading) -> bool:
+    """Whether a reading found one digit, no wider than tall, no separator and no paper
+    structure to erase, and the digit is one solid stroke: two strokes that only come close
+    (a 7 and a 1 drawn 3 px apart) meet at half the scale in the grey of their blurred
+    edges, below CORE_INK."""
+    boxes = [box for line in reading.lines for box in line]
+    plain = reading.clean is reading.ink and not reading.marks
+    if not (plain and len(boxes) == 1 and boxes[0][2] <= boxes[0][3]):
+        return False
+    _, core = cv2.threshold(_ink_bytes(reading.ink), CORE_INK * 255, 255, cv2.THRESH_BINARY)
+    if not core.any():
+        return False
+    _, _, statistics = _label(core)
+    tall = statistics[1:, cv2.CC_STAT_HEIGHT] >= MIN_HEIGHT_RATIO * boxes[0][3]
+    return int(tall.sum()) == 1
+
+
+def _resize_gray(gray: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A gray image from `_decode_gray` at ``size`` (width, height), in its own type: bytes stay
+    bytes, a quarter of the memory to touch. Area averaging shrinks it; a JPEG's reduction may
+    fall a pixel short of the size, which is made up by interpolation."""
+    if gray.shape[::-1] == size:
+        return gray
+    interpolation = cv2.INTER_AREA if size[0] < gray.shape[1] else cv2.INTER_LINEAR
+    return cv2.resize(gray, size, interpolation=interpolation)
 
 
 def extract_or_error(
@@ -669,22 +817,59 @@ def mnist_like(image28: np.ndarray) -> np.ndarray:
 
 
 def _paper_difference(gray: np.ndarray) -> tuple[np.ndarray, float]:
-    """Ink-bright difference from the estimated paper, (H, W) float32, and its noise floor."""
-    gray = np.asarray(gray, dtype=np.float32)
+    """Ink-bright difference from the estimated paper, (H, W) float32, and its noise floor.
+    ``gray`` is float32 in [0, 1] or uint8.
+
+    The paper is estimated on a thumbnail and only its smooth estimate is brought back to full
+    size. A full-size array is fresh memory, whose first touch costs more than the arithmetic
+    on it, so the subtraction writes into the paper's array.
+    """
+    gray = np.asarray(gray)
     if gray.ndim != 2 or gray.size == 0:
         raise ValueError(f"expected a non-empty (H, W) gray image, got shape {gray.shape}")
     height, width = gray.shape
-    # A light 3x3 blur takes the edge off sensor and JPEG noise; a 2 px stroke survives it.
-    smooth = cv2.GaussianBlur(gray, (3, 3), 0)
+    smooth = _blur(gray)
+    thumb = _thumbnail(smooth, BACKGROUND_SIZE)
+    dark_ink = _dark_ink(thumb)
+    # The paper under the ink, as seen with the ink bright: dark ink is flipped for the estimate
+    # and the paper flipped back, so the full image is never flipped.
+    paper = 1.0 - _background(1.0 - thumb) if dark_ink else _background(thumb)
+    paper = cv2.resize(paper, (width, height), interpolation=cv2.INTER_LINEAR)
+    first, second = (paper, smooth) if dark_ink else (smooth, paper)
+    difference = cv2.subtract(first, second, dst=paper)
+    return difference, _noise_floor(difference)
 
-    # Thumbnail for the paper estimate: area averaging shrinks strokes to a few pixels and
-    # averages the noise away.
-    scale = min(1.0, BACKGROUND_SIZE / max(height, width))
-    thumb_size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    thumb = cv2.resize(smooth, thumb_size, interpolation=cv2.INTER_AREA)
-    # Polarity: compare the darkest and lightest departures from the local paper. The paper here
-    # is a large median, which ignores strokes (a minority of any window) yet follows gradients
-    # and shadow edges, so on a photo the lit side of the page does not pass for ink.
+
+def _blur(gray: np.ndarray) -> np.ndarray:
+    """A light 3x3 Gaussian blur, as float32 in [0, 1]: it takes the edge off sensor and JPEG
+    noise, and a 2 px stroke survives it.
+
+    Bytes are blurred straight into floats, the scaling to [0, 1] folded into the kernel: one
+    pass and one array, where converting first would take two of each. (Blurring into bytes
+    would round the gray, and low-contrast pages turn on such details.)
+    """
+    if gray.dtype != np.uint8:
+        return cv2.GaussianBlur(gray.astype(np.float32, copy=False), (3, 3), 0)
+    kernel = np.float32([0.25, 0.5, 0.25])
+    return cv2.sepFilter2D(gray, cv2.CV_32F, kernel / np.float32(255.0), kernel)
+
+
+def _thumbnail(smooth: np.ndarray, side: int) -> np.ndarray:
+    """The image area-averaged down to ``side`` pixels on its longest side (never enlarged):
+    strokes shrink to a few pixels and the noise averages away."""
+    height, width = smooth.shape
+    scale = min(1.0, side / max(height, width))
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(smooth, size, interpolation=cv2.INTER_AREA)
+
+
+def _dark_ink(thumb: np.ndarray) -> bool:
+    """Whether the ink is darker than the paper, from a thumbnail.
+
+    The darkest and lightest departures from the local paper are compared. The paper here is a
+    large median, which ignores strokes (a minority of any window) yet follows gradients and
+    shadow edges, so on a photo the lit side of the page does not pass for ink.
+    """
     thumb_bytes = np.clip(thumb * 255.0 + 0.5, 0, 255).astype(np.uint8)
     median_side = max(3, (max(thumb.shape) // 2) | 1)
     paper = cv2.medianBlur(thumb_bytes, median_side).astype(np.float32) / 255.0
@@ -693,15 +878,17 @@ def _paper_difference(gray: np.ndarray) -> tuple[np.ndarray, float]:
     # mistakes a small patch of paper for ink, but the strokes themselves still outweigh it.
     darker = float(np.maximum(-departure - POLARITY_SLACK, 0.0).sum())
     lighter = float(np.maximum(departure - POLARITY_SLACK, 0.0).sum())
-    if darker > lighter:
-        # Dark ink on light paper: flip so that ink is bright, as in MNIST.
-        smooth = 1.0 - smooth
-        thumb = 1.0 - thumb
-        departure = -departure
-    # The background under the (now bright) ink: an opening removes bright strokes narrower than
-    # its kernel and keeps gradients and shadow edges, which are wider. The kernel is a sixth of
-    # the thumbnail, to follow the lighting closely, or wider than the thickest blob of ink (the
-    # junction of a bold marker's 4), found from the distance transform of an Otsu ink mask.
+    return darker > lighter
+
+
+def _background(thumb: np.ndarray) -> np.ndarray:
+    """The background under bright ink on a thumbnail.
+
+    An opening removes bright strokes narrower than its kernel and keeps gradients and shadow
+    edges, which are wider. The kernel is a sixth of the thumbnail, to follow the lighting
+    closely, or wider than the thickest blob of ink (the junction of a bold marker's 4), found
+    from the distance transform of an Otsu ink mask.
+    """
     thumb_bytes = np.clip(thumb * 255.0 + 0.5, 0, 255).astype(np.uint8)
     _, strong = cv2.threshold(thumb_bytes, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     distance = cv2.distanceTransform(strong, cv2.DIST_L2, 3)
@@ -710,17 +897,17 @@ def _paper_difference(gray: np.ndarray) -> tuple[np.ndarray, float]:
     kernel_side = max(3, min(kernel_side, longest_side // 2) | 1)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (kernel_side, kernel_side))
     # Reflecting at the border keeps a shadow's wedge at the edge from looking like a stroke.
-    background = cv2.morphologyEx(thumb, cv2.MORPH_OPEN, kernel, borderType=cv2.BORDER_REFLECT)
-    background = cv2.resize(background, (width, height), interpolation=cv2.INTER_LINEAR)
-    difference = smooth - background
+    return cv2.morphologyEx(thumb, cv2.MORPH_OPEN, kernel, borderType=cv2.BORDER_REFLECT)
 
-    # Noise of the paper from a subsample: median and median absolute deviation ignore the ink.
+
+def _noise_floor(difference: np.ndarray) -> float:
+    """The level below which a difference from the paper is noise, from a subsample: median
+    and median absolute deviation ignore the ink."""
     step = max(1, int(np.sqrt(difference.size / 20_000)))
     sample = difference[::step, ::step]
     centre = float(np.median(sample))
     noise = 1.4826 * float(np.median(np.abs(sample - centre)))
-    floor = max(centre + NOISE_SIGMAS * noise, 0.0)
-    return difference, floor
+    return max(centre + NOISE_SIGMAS * noise, 0.0)
 
 
 def too_large_message(size: int) -> str:
@@ -852,10 +1039,30 @@ def _webp_size(data: bytes) -> tuple[int, int] | None:
 def _exif_upright(image: Image.Image) -> Image.Image:
     """Apply the EXIF orientation tag; a damaged EXIF block is ignored rather than fatal."""
     try:
+        # Without a turn or flip to apply, exif_transpose would only copy the pixels.
+        if image.getexif().get(ExifTags.Base.Orientation, 1) not in range(2, 9):
+            return image
         upright = ImageOps.exif_transpose(image)
     except Exception:  # EXIF parsing fails in many ways; the pixels are still fine
         return image
     return upright if upright is not None else image
+
+
+def _gray_bytes(image: Image.Image) -> np.ndarray | None:
+    """The (H, W) uint8 gray of an 8-bit picture without transparency; None for the others,
+    which `_gray_and_alpha` reads. Bytes halve the memory traffic of the resize to the
+    working size and of everything before it."""
+    if image.mode not in ("1", "L", "RGB", "CMYK", "YCbCr") or "transparency" in image.info:
+        return None
+    gray = image if image.mode == "L" else image.convert("L")
+    return np.asarray(gray, dtype=np.uint8)
+
+
+def _as_float(gray: np.ndarray) -> np.ndarray:
+    """A gray image from `_decode_gray` as float32 in [0, 1]."""
+    if gray.dtype == np.uint8:
+        return np.divide(gray, np.float32(255.0), dtype=np.float32)
+    return gray.astype(np.float32, copy=False)
 
 
 def _gray_and_alpha(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
@@ -937,6 +1144,37 @@ def _union(first: tuple[int, ...], second: tuple[int, ...]) -> tuple[int, int, i
     right = max(first[0] + first[2], second[0] + second[2])
     bottom = max(first[1] + first[3], second[1] + second[3])
     return (left, top, right - left, bottom - top)
+
+
+def _thicken(crop: np.ndarray, grow: int) -> np.ndarray:
+    """Dilate an ink crop by a disk of radius ``grow``, padded by ``grow`` on every side.
+
+    The max filter runs on bytes: it picks one of the values it is given, so only their
+    rounding to 1/255 changes. And the disk is the union of a few centred rectangles, so the
+    dilation is the maximum of their dilations, each of them separable: a row pass and a
+    column pass instead of a pass per pixel of the disk.
+    """
+    crop_bytes = cv2.copyMakeBorder(
+        _ink_bytes(crop), grow, grow, grow, grow, cv2.BORDER_CONSTANT, value=0
+    )
+    side = 2 * grow + 1
+    disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (side, side))
+    thick = np.zeros_like(crop_bytes)
+    for half_width, half_height in _disk_rectangles(disk):
+        rectangle = np.ones((2 * half_height + 1, 2 * half_width + 1), np.uint8)
+        np.maximum(thick, cv2.dilate(crop_bytes, rectangle), out=thick)
+    return _as_float(thick)
+
+
+def _disk_rectangles(disk: np.ndarray) -> list[tuple[int, int]]:
+    """Centred rectangles (half width, half height) whose union is a convex, centred kernel:
+    for each width of its rows, the tallest rectangle of rows at least that wide."""
+    radius = disk.shape[0] // 2
+    tallest: dict[int, int] = {}
+    for row, count in enumerate(np.count_nonzero(disk, axis=1)):
+        half_width = (int(count) - 1) // 2
+        tallest[half_width] = max(tallest.get(half_width, 0), abs(row - radius))
+    return sorted(tallest.items())
 
 
 def _stroke_width(crop: np.ndarray) -> float:
