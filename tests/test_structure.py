@@ -23,6 +23,7 @@ FOUNDATIONS = {
     "segment",
     "inputs",
     "outliers",
+    "pagecrops",
     "linereader",
 }
 JOBS = {

@@ -80,6 +80,10 @@ class TrainConfig:
     # unsure of what is not a digit; 0 = off.
     outliers: float = 0.0
     outlier_weight: float = 0.5
+    # What the reading pipeline hands the model (`digitrec.pagecrops`): digits cut from
+    # synthetic pages, as a share of the training digits added to them, and marks cut from
+    # pages added to the outliers (a third as many again); 0 = off.
+    page_crops: float = 0.0
     # Steps between saves of the training state (`last.safetensors`), besides every epoch's
     # end, so a run killed part-way through an epoch resumes there; 0 = epoch ends only. A save
     # takes about as long as one step, so the cost stays a small fraction of training.
@@ -159,6 +163,8 @@ RECIPES: dict[str, TrainConfig] = {
         ),
         # Letters, symbols and wrong cuts of touching digits must read unsure.
         outliers=0.25,
+        # Digits and marks as the pipeline cuts them from rulings, boxes and far-off photos.
+        page_crops=0.1,
     ),
     # pytorch/examples mnist/main.py: Adadelta lr 1.0, StepLR gamma 0.7, batch 64, 14 epochs.
     "reference-pytorch": TrainConfig(

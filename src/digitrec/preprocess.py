@@ -109,7 +109,7 @@ NOISE_SIGMAS = 4.0
 # otherwise split the noise in two.
 MIN_INK_THRESHOLD = 0.3
 # Components smaller than this fraction of the image's shorter side are specks of dust or noise.
-MIN_SPECK_FRACTION = 0.03
+MIN_SPECK_FRACTION = 0.02
 # Components touching an image edge along this fraction of their extent (and at least
 # EDGE_MIN_FRACTION of that image side) are page edges or shadow bands, not digits.
 EDGE_CONTACT_FRACTION = 0.5

@@ -769,6 +769,14 @@ def _framed(
     return pages, (left - int(columns[0]), top - int(rows[0]))
 
 
+def mark_on_page(mark: np.ndarray, rng: np.random.Generator) -> tuple[bytes, str]:
+    """A mark (white on black, 0..1, such as a letter) written 40 to 160 px tall on paper, as
+    PNG or JPEG: what a page of something that is not a digit looks like to the reader."""
+    height = int(rng.integers(40, 161))
+    (page,), _ = _framed([_scaled_ink(mark, height)], rng, height // 4, height)
+    return _on_paper(page, rng)
+
+
 def _on_paper(alpha: np.ndarray, rng: np.random.Generator) -> tuple[bytes, str]:
     """Ink of one pen with coverage ``alpha`` on paper, as PNG or JPEG."""
     page = _ink_on(_paper(alpha.shape, rng), alpha, _pen_colour(rng))

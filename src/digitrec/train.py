@@ -388,6 +388,26 @@ def _with_outliers(
     return torch.cat([images, train.outliers[pick.to(train.outliers.device)]])
 
 
+def with_page_crops(splits: Splits, config: TrainConfig) -> Splits:
+    """``splits`` whose training split also holds `config.page_crops` times as many digits
+    again, cut by the pipeline from synthetic pages of its own digits (`digitrec.pagecrops`)."""
+    if config.page_crops <= 0 or len(splits.train) == 0:
+        return splits
+    from digitrec.pagecrops import page_digits
+
+    train = splits.train
+    images, labels = train.images[:, 0].cpu().numpy(), train.labels.cpu().numpy()
+    count = max(1, round(len(labels) * config.page_crops))
+    crops, found = page_digits(images, labels, count, np.random.default_rng(config.seed + 1))
+    device = train.images.device
+    added = Split(
+        torch.cat([train.images, torch.from_numpy(crops).unsqueeze(1).to(device)]),
+        torch.cat([train.labels, torch.from_numpy(found).to(device)]),
+        outliers=train.outliers,
+    )
+    return dataclasses.replace(splits, train=added)
+
+
 def with_outlier_images(splits: Splits, config: TrainConfig) -> Splits:
     """``splits`` whose training split carries the outlier images `config.outliers` asks for:
     as many as a fifth of the training digits, made from them, Fashion-MNIST (when it can be
@@ -403,6 +423,11 @@ def with_outlier_images(splits: Splits, config: TrainConfig) -> Splits:
     digits = splits.train.images[:, 0].cpu().numpy()
     count = max(64, len(digits) // 5)
     images = make_outliers(count, np.random.default_rng(config.seed), digits, fashion)
+    if config.page_crops > 0:
+        from digitrec.pagecrops import page_marks
+
+        marks = page_marks(count // 3, np.random.default_rng(config.seed + 2))
+        images = np.concatenate([images, marks])
     outliers = torch.from_numpy(images).unsqueeze(1).to(splits.train.images.device)
     return dataclasses.replace(splits, train=dataclasses.replace(splits.train, outliers=outliers))
 
@@ -535,7 +560,7 @@ def fit(
         torch.manual_seed(config.seed)
         model, history, temperature = _fit_single(
             config,
-            with_outlier_images(splits, config),
+            with_outlier_images(with_page_crops(splits, config), config),
             out_dir,
             emit,
             resume,
