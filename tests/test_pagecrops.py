@@ -37,7 +37,7 @@ def test_page_crops_grow_the_training_split_and_the_outliers(mnist):
     grown = with_page_crops(splits, config)
     assert len(grown.train) == 200 + 20
     assert grown.validation is splits.validation and grown.test is splits.test
-    plain = with_outlier_images(splits, recipe("robust", outliers=0.25))
+    plain = with_outlier_images(splits, recipe("robust", outliers=0.25, page_crops=0.0))
     more = with_outlier_images(splits, config)
     assert len(more.train.outliers) == len(plain.train.outliers) + len(plain.train.outliers) // 3
     assert with_page_crops(splits, recipe("fast")) is splits  # off unless asked for
