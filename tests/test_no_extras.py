@@ -74,6 +74,7 @@ def test_the_bare_venv_really_lacks_the_extras(bare_python, tmp_path):
         (["demo"], "train"),
         (["bench", "train"], "train"),
         (["bench", "infer"], "train"),
+        (["train-reader", "--steps", "1"], "train"),
         (["recognize", EXAMPLE, "--plot", "plot.png"], "train"),
         (["recognize", EXAMPLE, "--backend", "torch"], "train"),
         (["serve"], "serve"),

@@ -477,6 +477,33 @@ def _ask_feedback(store, recognizer, result) -> bool:
         return True
 
 
+def cmd_train_reader(args: argparse.Namespace) -> int:
+    """Train the line reader that reads touching digits, and save it (ONNX checked)."""
+    import dataclasses
+
+    from digitrec.linereader_train import LineTrainConfig, train_line_reader
+
+    config = LineTrainConfig()
+    settings = {"steps": args.steps, "seed": args.seed, "threads": args.threads}
+    if args.samples is not None:
+        settings.update(composed=args.samples, pipeline=args.samples)
+    config = dataclasses.replace(config, **{k: v for k, v in settings.items() if v is not None})
+
+    def show(event: dict) -> None:
+        if event.get("step", 0) % 500 == 0:
+            _print(f"step {event['step']}: CTC loss {event['loss']:.3f}", file=sys.stderr)
+
+    card = train_line_reader(args.out, config, data_dir=args.data_dir, on_progress=show)
+    checked = card["validation"]
+    _print(
+        f"line reader: {checked['composed_exact']:.1%} of {checked['composed_strings']} strings "
+        f"of MNIST test digits and {checked['touching_pages_exact']:.1%} of "
+        f"{checked['touching_pages']} touching pages read exactly; saved in {args.out}"
+    )
+    _print(f"to use it: copy {args.out}/linereader.* into {Path(__file__).parent / 'pretrained'}")
+    return 0
+
+
 def cmd_finetune(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
@@ -890,6 +917,24 @@ def _add_feedback(sub) -> None:
         _feedback_db_option(each)
 
 
+def _add_train_reader(sub) -> None:
+    p = _command(
+        sub,
+        "train-reader",
+        cmd_train_reader,
+        "train the line reader that reads touching digits (CTC on MNIST strings)",
+        "digitrec train-reader --out runs/reader",
+    )
+    p.add_argument("--out", default="runs/reader", help="folder for linereader.onnx and its card")
+    p.add_argument("--steps", type=int, help="training steps (default 6000)")
+    p.add_argument(
+        "--samples", type=int, help="strings composed, and pages cut, for training (default 24000)"
+    )
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--threads", type=int, help="torch threads (default 2)")
+    p.add_argument("--data-dir", help="folder with the four IDX files")
+
+
 def _add_finetune(sub) -> None:
     from digitrec.finetune import FinetuneConfig
 
@@ -951,6 +996,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_demo,
         _add_feedback,
         _add_finetune,
+        _add_train_reader,
     ):
         add(sub)
     return parser

@@ -14,6 +14,7 @@ Inference needs only numpy, OpenCV and ONNX Runtime: torch is for training alone
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -22,6 +23,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from digitrec.checkpoint import ModelError
 
 # Every blob is scaled to this height (px), ink inside a MARGIN px frame of background: a digit
 # stroke stays two or three px wide, which the first convolutions see whole.
@@ -44,8 +47,6 @@ CARD_FILE = "linereader.json"
 ONNX_FILE = "linereader.onnx"
 INPUT_NAME = "lines"
 OUTPUT_NAME = "probabilities"
-# Blobs batched together differ in width by at most this factor: padding is wasted work.
-BATCH_WIDTH_RATIO = 1.5
 MAX_BATCH = 64
 
 Digit = tuple[int, float, int, int]  # (digit, confidence, left column, right column)
@@ -103,6 +104,24 @@ def to_line_input(ink: np.ndarray) -> np.ndarray:
     return line
 
 
+def joined_ink(inks: Sequence[np.ndarray], origins: Sequence[tuple[int, int]]) -> np.ndarray:
+    """Blobs of one text line put back together as one ink crop: each (h, w) crop pasted at its
+    (x, y) origin in working pixels, relative to the union of their boxes.
+
+    A string of touching digits sometimes reaches us as two blobs (a stroke did not quite join,
+    or one digit is in two pieces); read as one, the reader sees every digit whole.
+    """
+    left = min(x for x, _ in origins)
+    top = min(y for _, y in origins)
+    right = max(x + ink.shape[1] for ink, (x, _) in zip(inks, origins, strict=True))
+    bottom = max(y + ink.shape[0] for ink, (_, y) in zip(inks, origins, strict=True))
+    canvas = np.zeros((bottom - top, right - left), np.float32)
+    for ink, (x, y) in zip(inks, origins, strict=True):
+        region = canvas[y - top : y - top + ink.shape[0], x - left : x - left + ink.shape[1]]
+        np.maximum(region, ink, out=region)
+    return canvas
+
+
 def frame_count(input_width: int) -> int:
     """Output frames for an input this wide: the network pools the width by STRIDE."""
     return input_width // STRIDE
@@ -129,6 +148,8 @@ def frame_spans(runs: Sequence[tuple[int, int]], frames: int) -> list[tuple[floa
     """[left, right) spans in frames for digits firing in frame runs (first, last): each span
     reaches half-way to its neighbours' runs, the first from 0 and the last to ``frames``, so
     the spans tile the line."""
+    if not runs:
+        return []
     edges = [0.0]
     for (_, last), (first, _) in zip(runs[:-1], runs[1:], strict=True):
         edges.append((last + 1 + first) / 2)
@@ -164,24 +185,21 @@ def reading(frames: np.ndarray, shape: tuple[int, int]) -> LineReading:
 
 
 def width_batches(widths: Sequence[int]) -> list[list[int]]:
-    """Indices grouped into batches of similar input width (sorted), so little is padding."""
-    order = sorted(range(len(widths)), key=lambda index: widths[index])
-    batches: list[list[int]] = []
-    for index in order:
-        batch = batches[-1] if batches else None
-        if (
-            batch is None
-            or len(batch) == MAX_BATCH
-            or widths[index] > BATCH_WIDTH_RATIO * widths[batch[0]]
-        ):
-            batches.append([index])
-        else:
-            batch.append(index)
-    return batches
+    """Indices grouped into batches of equal input width, at most MAX_BATCH each. Equal, not
+    merely similar: the recurrent layer would read a padded blob differently."""
+    groups: dict[int, list[int]] = {}
+    for index, width in enumerate(widths):
+        groups.setdefault(int(width), []).append(index)
+    return [
+        group[start : start + MAX_BATCH]
+        for _, group in sorted(groups.items())
+        for start in range(0, len(group), MAX_BATCH)
+    ]
 
 
 def pad_batch(lines: Sequence[np.ndarray]) -> np.ndarray:
-    """(N, 1, LINE_HEIGHT, W) float32: the lines padded with background to the widest."""
+    """(N, 1, LINE_HEIGHT, W) float32: the lines padded with background to the widest (in
+    training; the reader batches only lines of one width)."""
     width = max(line.shape[1] for line in lines)
     batch = np.zeros((len(lines), 1, LINE_HEIGHT, width), np.float32)
     for index, line in enumerate(lines):
@@ -192,7 +210,7 @@ def pad_batch(lines: Sequence[np.ndarray]) -> np.ndarray:
 class LineReader:
     """The line reader run by ONNX Runtime: no torch needed."""
 
-    def __init__(self, onnx_path: str | os.PathLike, card: dict, threads: int | None = 1) -> None:
+    def __init__(self, onnx: bytes, card: dict, threads: int | None = 1) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -200,19 +218,24 @@ class LineReader:
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(
-            str(onnx_path), options, providers=["CPUExecutionProvider"]
-        )
+        self.session = ort.InferenceSession(onnx, options, providers=["CPUExecutionProvider"])
         self.card = card
 
     @classmethod
     def load(cls, folder: str | os.PathLike | None = None, threads: int | None = 1) -> LineReader:
         """The reader in ``folder`` (linereader.onnx and linereader.json); None: the bundled."""
         folder = Path(folder) if folder is not None else bundled_line_reader()
-        card = json.loads((folder / CARD_FILE).read_text())
+        try:
+            card = json.loads((folder / CARD_FILE).read_text())
+            onnx = (folder / ONNX_FILE).read_bytes()
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ModelError(f"{folder}: no readable line reader ({error})") from None
         if card.get("input_height") != LINE_HEIGHT or card.get("num_classes") != NUM_CLASSES:
-            raise ValueError(f"{folder / CARD_FILE}: made for other inputs than this reader's")
-        return cls(folder / ONNX_FILE, card, threads)
+            raise ModelError(f"{folder / CARD_FILE}: made for other inputs than this reader's")
+        # The card names the file it was saved with: a changed byte is refused, not run.
+        if hashlib.sha256(onnx).hexdigest() != card.get("onnx_sha256"):
+            raise ModelError(f"{folder / ONNX_FILE}: does not match its card's onnx_sha256")
+        return cls(onnx, card, threads)
 
     def frames(self, lines: Sequence[np.ndarray]) -> list[np.ndarray]:
         """(T_i, 11) frame probabilities for each line input, batched by width."""

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from digitrec import preprocess, segment
+from digitrec import linereader, preprocess, segment
 from digitrec.checkpoint import ModelCard, ModelError
 from digitrec.config import available_cores
 from digitrec.inputs import ImageSource, as_bytes
@@ -27,6 +27,13 @@ UNCERTAIN_BELOW = 0.7
 # Below this calibrated confidence a mark is reported as not a digit: the model was trained to
 # spread its probability over every class for letters, symbols and scribbles.
 NOT_DIGIT_BELOW = 0.5
+# A blob that may be touching digits is taken as the digits the line reader reads in it when
+# it reads two or more and the product of their confidences is at least this; otherwise the
+# blob is cut apart by the classifier (`digitrec.segment`) or read whole.
+LINE_SURE = 0.5
+# Blobs at least this wide for their height are read by the line reader even when the
+# classifier is sure of them: two touching zeros read as one sure 0.
+LINE_ASPECT = 0.9
 
 IMAGE_SUFFIXES = frozenset(
     ".png .jpg .jpeg .gif .bmp .tif .tiff .webp .pgm .ppm .pbm .jfif".split()
@@ -219,6 +226,14 @@ def bundled_model() -> Path:
     return BUNDLED_DIR / "model.safetensors"
 
 
+def _bundled_line_reader(threads: int | None) -> linereader.LineReader | None:
+    """The line reader shipped with the package, or None in an installation without one."""
+    folder = linereader.bundled_line_reader()
+    if not (folder / linereader.ONNX_FILE).is_file():
+        return None
+    return linereader.LineReader.load(folder, threads)
+
+
 def model_or_bundled(path: str | os.PathLike | None) -> Path:
     """``path``, or the bundled model's weights when it is None (an error if not installed)."""
     if path is not None:
@@ -317,9 +332,15 @@ def _check_same_weights(runner: OnnxBackend, weights: Path) -> None:
 class Recognizer:
     """Reads digits in images with one model; load once, call many times."""
 
-    def __init__(self, backend: TorchBackend | OnnxBackend, card: ModelCard) -> None:
+    def __init__(
+        self,
+        backend: TorchBackend | OnnxBackend,
+        card: ModelCard,
+        line_reader: linereader.LineReader | None = None,
+    ) -> None:
         self.backend = backend
         self.card = card
+        self.line_reader = line_reader
 
     @classmethod
     def load(
@@ -346,11 +367,11 @@ class Recognizer:
                 raise ModelError(f"{path}: not a usable ONNX model ({first})") from None
             if exported_from is not None:
                 _check_same_weights(runner, exported_from)
-            return cls(runner, runner.card)
+            return cls(runner, runner.card, _bundled_line_reader(threads))
         from digitrec.models import load_model
 
         module, card = load_model(path)
-        return cls(TorchBackend(module), card)
+        return cls(TorchBackend(module), card, _bundled_line_reader(threads))
 
     def probabilities(self, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
         """Model probabilities (N, 10) for MNIST-like digits (N, 28, 28) float32 0..1."""
@@ -376,7 +397,7 @@ class Recognizer:
         stages: Sequence[dict | None] | None = None,
     ) -> list[ImageResult]:
         """Many images (any form `recognize` takes); one model call for all their digits (and
-        one more for the pieces of blobs that may be touching digits). Bad files get an error
+        one line reader call for the blobs that may be touching digits). Bad files get an error
         result; a picture in memory that cannot be encoded raises ImageError."""
         # Paths stay paths, so a file's own errors (not found, too large) name it.
         images = [
@@ -388,9 +409,11 @@ class Recognizer:
         found = [page.digits for page in pages if not isinstance(page, preprocess.ImageError)]
         digits = [digit for page_digits in found for digit in page_digits]
         whole = self._read([digit.image for digit in digits])
-        cuts = [_cuts(digit, probs) for digit, probs in zip(digits, whole, strict=True)]
-        pieces = self._read([crop for cut in cuts if cut for crop in cut.crops])
-        readings = iter(_resolve(digits, whole, cuts, pieces))
+        read_as_line = self._read_as_lines(digits, whole)
+        readings = iter(
+            line or [_digit_result(digit.image, digit.box, probs, digit.line)]
+            for digit, probs, line in zip(digits, whole, read_as_line, strict=True)
+        )
         results = []
         for image, page in zip(images, pages, strict=True):
             name = "<bytes>" if isinstance(image, bytes | bytearray) else str(image)
@@ -407,55 +430,47 @@ class Recognizer:
     def _read(self, crops: list[np.ndarray]) -> np.ndarray:
         return self.probabilities(np.stack(crops) if crops else np.zeros((0, 28, 28), np.float32))
 
+    def _read_as_lines(
+        self, digits: list[preprocess.Digit], whole: np.ndarray
+    ) -> list[list[DigitResult] | None]:
+        """For each blob that may be touching digits, the digits the line reader reads in it
+        (one call for all), when it reads them surely; None for every other blob."""
+        chosen = [
+            index
+            for index, (digit, probs) in enumerate(zip(digits, whole, strict=True))
+            if self.line_reader is not None and _may_be_touching(digit, float(probs.max()))
+        ]
+        found: list[list[DigitResult] | None] = [None] * len(digits)
+        if not chosen:
+            return found
+        readings = self.line_reader.read([digits[index].ink for index in chosen])
+        for index, reading in zip(chosen, readings, strict=True):
+            found[index] = _line_results(digits[index], reading)
+        return found
 
-@dataclass
-class _Cut:
-    """The ways to cut one blob into touching digits, and every piece they use."""
 
-    paths: list[list[segment.Span]]
-    spans: list[segment.Span]
-    crops: list[np.ndarray]
-    boxes: list[tuple[int, int, int, int]]
+def _may_be_touching(digit: preprocess.Digit, confidence: float) -> bool:
+    """Whether the line reader should read a blob: as wide as tall or wider (two digits side
+    by side, touching, are; one digit seldom is), or one the classifier may cut apart."""
+    if digit.ink is None:
+        return False
+    height, width = digit.ink.shape
+    return width >= LINE_ASPECT * height or segment.should_split(digit, confidence)
 
 
-def _cuts(digit: preprocess.Digit, probabilities: np.ndarray) -> _Cut | None:
-    """The cuts to try for a blob the model did not read as one sure digit of plain width."""
-    if not segment.should_split(digit, float(probabilities.max())):
+def _line_results(digit: preprocess.Digit, reading: linereader.LineReading) -> list | None:
+    """The digits of a blob as the line reader read them, each with the classes' probabilities
+    at the frame where it fired most surely; None unless two or more are read surely."""
+    if len(reading.digits) < 2 or reading.confidence < LINE_SURE or reading.frames is None:
         return None
-    paths = segment.segmentations(digit.ink)
-    spans = sorted({span for path in paths for span in path})
-    crops, boxes = zip(*(segment.piece(digit, span) for span in spans), strict=True)
-    return _Cut(paths, spans, list(crops), list(boxes))
-
-
-def _resolve(
-    digits: list[preprocess.Digit],
-    whole: np.ndarray,
-    cuts: list[_Cut | None],
-    pieces: np.ndarray,
-) -> list[list[DigitResult]]:
-    """For each blob, its reading: itself, or the pieces of its best cut."""
-    readings, offset = [], 0
-    for digit, probs, cut in zip(digits, whole, cuts, strict=True):
-        if cut is None:
-            readings.append([_digit_result(digit.image, digit.box, probs, digit.line)])
-            continue
-        own = pieces[offset : offset + len(cut.spans)]
-        offset += len(cut.spans)
-        confidence = {span: float(p.max()) for span, p in zip(cut.spans, own, strict=True)}
-        confidence[cut.paths[0][0]] = float(probs.max())  # the whole blob, as first read
-        best = segment.best_path(cut.paths, confidence, digit.ink.shape[0])
-        if len(best) == 1 or min(confidence[span] for span in best) < segment.SURE_PIECES:
-            readings.append([_digit_result(digit.image, digit.box, probs, digit.line)])
-            continue
-        index = {span: i for i, span in enumerate(cut.spans)}
-        readings.append(
-            [
-                _digit_result(cut.crops[index[s]], cut.boxes[index[s]], own[index[s]], digit.line)
-                for s in best
-            ]
-        )
-    return readings
+    runs = linereader.greedy_decode(reading.frames)
+    results = []
+    for (value, _, left, right), (_, _, first, last) in zip(reading.digits, runs, strict=True):
+        peak = first + int(np.argmax(reading.frames[first : last + 1, value + 1]))
+        classes = reading.frames[peak, 1:]
+        crop, box = segment.piece(digit, (left, right))
+        results.append(_digit_result(crop, box, classes / classes.sum(), digit.line))
+    return results
 
 
 def _digit_result(crop: np.ndarray, box: Any, probs: np.ndarray, line: int) -> DigitResult:

@@ -1,41 +1,29 @@
-"""Touching digits: cut one wide blob of ink into the digits it holds.
+"""Touching digits: which blobs may hold several digits, and the pieces of a blob.
 
 Connected components cannot separate digits whose strokes touch or overlap ("00" is one blob).
-A blob much wider than a digit is over-segmented instead: cuts are proposed where the column
-profile of its ink thins out (and at even spacing, for overlaps with no thin column), every way
-of cutting it into one to four pieces is a path, each piece is read by the digit classifier, and
-the path whose pieces the classifier reads most surely, with a penalty for pieces too wide to be
-one digit, wins. The classifier is trained to be unsure of pieces of digits and of two digits in
-one blob (`digitrec.outliers`), which is what makes its confidence a fair judge of a cut. A
-plain digit read surely never gets here: only wide blobs, or blobs read unsure, are tried.
-
-    candidate_cuts -> segmentations -> pieces (one model call for all) -> best_path
+The line reader (`digitrec.linereader`) reads such a blob whole and says which columns hold each
+digit; `piece` turns those columns into the digit's 28x28 model input and its box on the page.
+`segmentations` proposes the ways one could cut a blob at the thin columns of its ink profile:
+the wrong cuts among them teach the classifier that a piece of a digit is not a digit
+(`digitrec.outliers`).
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
 
 import numpy as np
 
 from digitrec.preprocess import Digit, to_mnist
 
-# Width / height above which a blob is always tried as several digits. Most handwritten digits
-# are narrower than tall, but a wide 2 or 0 drawn on a canvas can reach 1.5: below this, only a
-# blob the model reads unsure is tried.
+# Width / height above which a blob is always taken to hold several digits. Most handwritten
+# digits are narrower than tall, but a wide 2 or 0 drawn on a canvas can reach 1.5: below this,
+# only a blob the model reads unsure is.
 WIDE_ASPECT = 1.8
-# A piece wider than this (width / height) pays PENALTY_PER_ASPECT per unit above it: the
-# classifier alone reads a blob of two zeros as one confident 0.
-PIECE_ASPECT = 0.95
-PENALTY_PER_ASPECT = 4.0
-# A blob of plain width is tried too when the model reads it below this confidence and it is
-# wider than RETRY_ASPECT (a 1 touching a 4 is as wide as one digit).
+# A blob of plain width may hold several too when the model reads it below this confidence and
+# it is wider than RETRY_ASPECT (a 1 touching a 4 is as wide as one digit).
 RETRY_BELOW = 0.9
 RETRY_ASPECT = 0.5
-# A cut is taken only if the model reads every piece at least this surely: a letter or a star
-# cut into slices is still not a number.
-SURE_PIECES = 0.8
 # Narrowest piece, as a fraction of the blob's height: a 1 is thin, but not thinner.
 MIN_PIECE = 0.12
 MAX_DIGITS = 4
@@ -117,19 +105,3 @@ def piece(digit: Digit, span: Span) -> tuple[np.ndarray, tuple[int, int, int, in
         max(1, int(round((bottom - top) / scale))),
     )
     return to_mnist(ink, crop_box), box
-
-
-def best_path(
-    paths: Sequence[list[Span]], confidence: dict[Span, float], height: int
-) -> list[Span]:
-    """The path whose pieces are read most surely: the sum of log confidences, less a penalty
-    for each piece too wide to be one digit."""
-
-    def score(spans: list[Span]) -> float:
-        total = 0.0
-        for left, right in spans:
-            total += float(np.log(max(confidence[(left, right)], 1e-12)))
-            total -= PENALTY_PER_ASPECT * max(0.0, (right - left) / height - PIECE_ASPECT)
-        return total
-
-    return max(paths, key=score)

@@ -287,7 +287,7 @@ def _trim(ink: np.ndarray) -> np.ndarray:
     return ink[rows[0] : rows[-1] + 1, columns[0] : columns[-1] + 1]
 
 
-def _scaled_ink(digit: np.ndarray, height: int) -> np.ndarray:
+def scaled_ink(digit: np.ndarray, height: int) -> np.ndarray:
     """The digit's ink cropped and scaled so that it is ``height`` px tall, edges re-sharpened."""
     ink = _trim(digit)
     scale = height / ink.shape[0]
@@ -374,14 +374,14 @@ def _page_shape(ink: np.ndarray, rng: np.random.Generator, margin: float) -> tup
 
 
 def _render_paper(digit: np.ndarray, rng: np.random.Generator) -> tuple[bytes, str]:
-    ink = _scaled_ink(digit, int(rng.integers(100, 301)))
+    ink = scaled_ink(digit, int(rng.integers(100, 301)))
     shape = _page_shape(ink, rng, 0.2)
     page = _ink_on(_paper(shape, rng), _centred(shape, ink, rng), _pen_colour(rng))
     return _png_or_jpeg(page, rng)
 
 
 def _render_chalkboard(digit: np.ndarray, rng: np.random.Generator) -> tuple[bytes, str]:
-    ink = _scaled_ink(digit, int(rng.integers(100, 301)))
+    ink = scaled_ink(digit, int(rng.integers(100, 301)))
     shape = _page_shape(ink, rng, 0.25)
     if rng.random() < 0.5:
         board_colour = np.array([0.14, 0.26, 0.2]) + rng.uniform(-0.03, 0.03, 3)
@@ -446,7 +446,7 @@ def _photo_of(page: np.ndarray, rng: np.random.Generator) -> tuple[bytes, str]:
 
 
 def _render_photo(digit: np.ndarray, rng: np.random.Generator) -> tuple[bytes, str]:
-    ink = _scaled_ink(digit, int(rng.integers(120, 301)))
+    ink = scaled_ink(digit, int(rng.integers(120, 301)))
     shape = _page_shape(ink, rng, 0.3)
     page = _ink_on(_paper(shape, rng), _centred(shape, ink, rng), _pen_colour(rng))
     return _photo_of(page, rng)
@@ -485,7 +485,7 @@ def _thin(mask: np.ndarray) -> np.ndarray:
 
 def _thin_stroke(digit: np.ndarray, height: int, width: int) -> np.ndarray:
     """Redraw a digit as a pen line ``width`` px wide and ``height`` px tall, anti-aliased."""
-    ink = _scaled_ink(digit, height)
+    ink = scaled_ink(digit, height)
     skeleton = _thin(ink > 0.5).astype(np.uint8)
     # Dilate twice as large, then area-average down: an anti-aliased edge.
     big = cv2.resize(skeleton, None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST)
@@ -508,7 +508,7 @@ def _render_canvas(digit: np.ndarray, rng: np.random.Generator) -> tuple[bytes, 
 
 def _render_offcenter(digit: np.ndarray, rng: np.random.Generator) -> tuple[bytes, str]:
     shape = (int(rng.integers(800, 1201)), int(rng.integers(800, 1201)))
-    ink = _scaled_ink(digit, int(rng.integers(80, 151)))
+    ink = scaled_ink(digit, int(rng.integers(80, 151)))
     # One of the four corners, a few percent in from the edges.
     corner_y, corner_x = rng.integers(0, 2, size=2)
     inset_y = int(shape[0] * rng.uniform(0.02, 0.1))
@@ -522,7 +522,7 @@ def _render_offcenter(digit: np.ndarray, rng: np.random.Generator) -> tuple[byte
 def _render_small(digit: np.ndarray, rng: np.random.Generator) -> tuple[bytes, str]:
     shape = (200, int(rng.integers(180, 241)))
     # Shrinking a 28 px digit to about 15 px leaves the 1-2 px pen line of a small written digit.
-    ink = _scaled_ink(digit, int(rng.integers(14, 19)))
+    ink = scaled_ink(digit, int(rng.integers(14, 19)))
     top = int(rng.integers(10, shape[0] - ink.shape[0] - 10))
     left = int(rng.integers(10, shape[1] - ink.shape[1] - 10))
     page = _ink_on(_paper(shape, rng), _place(shape, ink, top, left), _pen_colour(rng))
@@ -531,7 +531,7 @@ def _render_small(digit: np.ndarray, rng: np.random.Generator) -> tuple[bytes, s
 
 def _render_huge(digit: np.ndarray, rng: np.random.Generator) -> tuple[bytes, str]:
     side = int(rng.integers(1500, 2001))
-    ink = _scaled_ink(digit, int(side * rng.uniform(0.8, 0.9)))
+    ink = scaled_ink(digit, int(side * rng.uniform(0.8, 0.9)))
     shape = (side, max(side, ink.shape[1] + 20))
     page = _ink_on(_paper(shape, rng), _centred(shape, ink, rng), _pen_colour(rng))
     if rng.random() < 0.5:
@@ -540,7 +540,7 @@ def _render_huge(digit: np.ndarray, rng: np.random.Generator) -> tuple[bytes, st
 
 
 def _render_rotated(digit: np.ndarray, rng: np.random.Generator) -> tuple[bytes, str]:
-    ink = _scaled_ink(digit, int(rng.integers(100, 251)))
+    ink = scaled_ink(digit, int(rng.integers(100, 251)))
     # Pad so the corners do not clip, then rotate by 5..15 degrees either way.
     pad = ink.shape[0] // 3
     ink = np.pad(ink, pad)
@@ -556,7 +556,7 @@ def _render_rotated(digit: np.ndarray, rng: np.random.Generator) -> tuple[bytes,
 
 def _render_row(digits: list[np.ndarray], rng: np.random.Generator) -> tuple[bytes, str]:
     height = int(rng.integers(60, 161))
-    inks = [_scaled_ink(digit, int(height * rng.uniform(0.85, 1.1))) for digit in digits]
+    inks = [scaled_ink(digit, int(height * rng.uniform(0.85, 1.1))) for digit in digits]
     # Gaps vary from a tight fifth of the digit height to more than half of it.
     gaps = [int(height * rng.uniform(0.15, 0.6)) for _ in inks[1:]]
     margin = int(height * rng.uniform(0.3, 0.8))
@@ -582,7 +582,7 @@ def _render_transparent(digit: np.ndarray, rng: np.random.Generator) -> tuple[by
     if rng.random() < 0.5:
         ink = _thin_stroke(digit, int(side * rng.uniform(0.5, 0.8)), int(rng.integers(4, 12)))
     else:
-        ink = _scaled_ink(digit, int(side * rng.uniform(0.5, 0.8)))
+        ink = scaled_ink(digit, int(side * rng.uniform(0.5, 0.8)))
     alpha = _centred((side, side), ink, rng)
     # The drawing app leaves RGB at zero everywhere: the ink is only in the alpha channel.
     rgba = np.zeros((side, side, 4), dtype=np.uint8)
@@ -602,7 +602,7 @@ def encode_format(
     digit: np.ndarray, file_format: str, rng: np.random.Generator
 ) -> tuple[bytes, str]:
     """A dark-on-paper page of ``digit`` encoded as one of ``FORMATS``; (bytes, extension)."""
-    ink = _scaled_ink(_as_float(digit), int(rng.integers(80, 201)))
+    ink = scaled_ink(_as_float(digit), int(rng.integers(80, 201)))
     shape = _page_shape(ink, rng, 0.25)
     alpha = _centred(shape, ink, rng)
     page = _ink_on(_paper(shape, rng), alpha, _pen_colour(rng))
@@ -739,7 +739,7 @@ def _written_row(
     images: list[np.ndarray], height: int, rng: np.random.Generator, pad: int
 ) -> tuple[np.ndarray, list[Box]]:
     """Digits written side by side about ``height`` px tall: sizes, gaps and baseline wander."""
-    inks = [_scaled_ink(image, max(4, round(height * rng.uniform(0.9, 1.08)))) for image in images]
+    inks = [scaled_ink(image, max(4, round(height * rng.uniform(0.9, 1.08)))) for image in images]
     gaps = [round(height * rng.uniform(0.15, 0.45)) for _ in inks[1:]]
     wander = max(1, round(height * 0.05))
     drops = [int(rng.integers(-wander, wander + 1)) for _ in inks]
@@ -773,7 +773,7 @@ def mark_on_page(mark: np.ndarray, rng: np.random.Generator) -> tuple[bytes, str
     """A mark (white on black, 0..1, such as a letter) written 40 to 160 px tall on paper, as
     PNG or JPEG: what a page of something that is not a digit looks like to the reader."""
     height = int(rng.integers(40, 161))
-    (page,), _ = _framed([_scaled_ink(mark, height)], rng, height // 4, height)
+    (page,), _ = _framed([scaled_ink(mark, height)], rng, height // 4, height)
     return _on_paper(page, rng)
 
 
@@ -800,7 +800,7 @@ def _render_touching(
     """2 to 4 digits written so close that neighbouring strokes join or overlap."""
     images, names = _cycled(images, names, int(rng.integers(2, 5)))
     height = int(rng.integers(60, 141))
-    inks = [_scaled_ink(image, round(height * rng.uniform(0.8, 1.1))) for image in images]
+    inks = [scaled_ink(image, round(height * rng.uniform(0.8, 1.1))) for image in images]
     wander = height // 10
     drops = [int(rng.integers(-wander, wander + 1)) for _ in inks]
     overlaps = [int(rng.integers(1, max(2, height // 8))) for _ in inks[1:]]
@@ -901,9 +901,9 @@ def _render_boxed(
     for index, image in enumerate(images):
         box = (pad + index * box_width, pad, pad + (index + 1) * box_width, pad + box_height)
         cv2.rectangle(form, box[:2], box[2:], 255, thickness, cv2.LINE_AA)
-        ink = _scaled_ink(image, round(box_height * rng.uniform(0.6, 0.88)))
+        ink = scaled_ink(image, round(box_height * rng.uniform(0.6, 0.88)))
         if ink.shape[1] > 0.9 * box_width:  # a wide digit is written smaller to fit
-            ink = _scaled_ink(image, max(4, int(ink.shape[0] * 0.9 * box_width / ink.shape[1])))
+            ink = scaled_ink(image, max(4, int(ink.shape[0] * 0.9 * box_width / ink.shape[1])))
         alpha = np.maximum(alpha, _place(shape, ink, *_in_box(ink.shape, box, rng)))
     (lines, page), _ = _framed([form.astype(np.float32) / 255.0, alpha], rng, pad // 4, pad)
     printed = [np.full(3, 0.1), np.full(3, 0.45), np.array([0.3, 0.4, 0.75])]
@@ -1014,7 +1014,7 @@ def _render_separators(
     after = int(rng.integers(after_range[0], after_range[1] + 1))
     images, names = _cycled(images, names, before + after)
     height = int(rng.integers(60, 141))
-    inks = [_scaled_ink(image, round(height * rng.uniform(0.9, 1.05))) for image in images]
+    inks = [scaled_ink(image, round(height * rng.uniform(0.9, 1.05))) for image in images]
     wander = max(1, height // 25)
     drops = [int(rng.integers(-wander, wander + 1)) for _ in inks]
     sign, sign_drop = _separator(mark, height, _pen_width(height, rng), rng)
@@ -1123,7 +1123,7 @@ def _render_lowres(
     blurred, noisy and saved as a low-quality JPEG."""
     images, names = _cycled(images, names, int(rng.integers(1, 4)))
     height = int(rng.integers(8, 17))
-    inks = [_scaled_ink(image, height) for image in images]
+    inks = [scaled_ink(image, height) for image in images]
     gaps = [max(2, round(height * rng.uniform(0.25, 0.6))) for _ in inks[1:]]
     alpha, _ = _row(inks, gaps, [int(rng.integers(-1, 2)) for _ in inks], pad=0)
     shape = (int(rng.integers(180, 361)), int(rng.integers(240, 481)))
