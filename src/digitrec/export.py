@@ -77,12 +77,22 @@ def to_onnx_bytes(module: Any, opset: int = OPSET) -> bytes:
     The classic TorchScript exporter gives a small graph with batch norm folded into the
     convolutions (the module is in eval mode), and needs nothing beyond torch itself.
     """
+    import torch
+
+    example = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
+    return traced_onnx(probability_graph(module), example, (INPUT_NAME, OUTPUT_NAME), axes, opset)
+
+
+def traced_onnx(
+    graph: Any, example: Any, names: tuple[str, str], dynamic_axes: dict, opset: int = OPSET
+) -> bytes:
+    """ONNX bytes of ``graph`` (eval mode) traced on ``example``, with (input, output)
+    ``names`` and the ``dynamic_axes`` the runtime may vary."""
     import io
 
     import torch
 
-    graph = probability_graph(module)
-    example = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # the legacy exporter announces its deprecation
@@ -92,9 +102,9 @@ def to_onnx_bytes(module: Any, opset: int = OPSET) -> bytes:
             buffer,
             dynamo=False,
             opset_version=opset,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            input_names=[names[0]],
+            output_names=[names[1]],
+            dynamic_axes=dynamic_axes,
             do_constant_folding=True,
         )
     return buffer.getvalue()

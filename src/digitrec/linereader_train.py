@@ -415,12 +415,9 @@ def page_accuracy(
 
 def to_onnx_bytes(model: Any, opset: int | None = None) -> bytes:
     """The model with the softmax appended, traced to ONNX with dynamic batch and width."""
-    import io
-    import warnings
-
     import torch
 
-    from digitrec.export import OPSET
+    from digitrec.export import OPSET, traced_onnx
 
     class WithSoftmax(torch.nn.Module):
         def __init__(self, inner: torch.nn.Module) -> None:
@@ -434,24 +431,9 @@ def to_onnx_bytes(model: Any, opset: int | None = None) -> bytes:
     example = torch.rand(
         2, 1, linereader.LINE_HEIGHT, 64, generator=torch.Generator().manual_seed(0)
     )
-    buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # the legacy exporter announces its deprecation
-        torch.onnx.export(
-            graph,
-            (example,),
-            buffer,
-            dynamo=False,
-            opset_version=opset or OPSET,
-            input_names=[linereader.INPUT_NAME],
-            output_names=[linereader.OUTPUT_NAME],
-            dynamic_axes={
-                linereader.INPUT_NAME: {0: "batch", 3: "width"},
-                linereader.OUTPUT_NAME: {0: "batch", 1: "frames"},
-            },
-            do_constant_folding=True,
-        )
-    return buffer.getvalue()
+    names = (linereader.INPUT_NAME, linereader.OUTPUT_NAME)
+    axes = {names[0]: {0: "batch", 3: "width"}, names[1]: {0: "batch", 1: "frames"}}
+    return traced_onnx(graph, example, names, axes, opset or OPSET)
 
 
 def onnx_difference(onnx: bytes, model: Any, lines: Sequence[np.ndarray]) -> float:

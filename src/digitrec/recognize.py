@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,15 @@ LINE_SURE = 0.5
 # Blobs at least this wide for their height are read by the line reader even when the
 # classifier is sure of them: two touching zeros read as one sure 0.
 LINE_ASPECT = 0.9
+# Below this confidence of the classifier, a blob is read by the line reader too: a 1 touching
+# a 4 is as narrow as one digit, but the classifier is unsure of it.
+UNSURE_BELOW = 0.9
+# A blob the classifier reads below UNSURE_BELOW that the line reader, trained to read letters
+# and marks as nothing, reads as no digit at least this surely is reported as not a digit.
+EMPTY_SURE = 0.9
+# ... when the blob is at least this many pixels tall: smaller ones (a far-off photo's digits)
+# reach the line reader as a blur scaled up, which it reads as nothing too often.
+EMPTY_MIN_HEIGHT = 20
 
 IMAGE_SUFFIXES = frozenset(
     ".png .jpg .jpeg .gif .bmp .tif .tiff .webp .pgm .ppm .pbm .jfif".split()
@@ -445,23 +454,31 @@ class Recognizer:
             return found
         readings = self.line_reader.read([digits[index].ink for index in chosen])
         for index, reading in zip(chosen, readings, strict=True):
-            found[index] = _line_results(digits[index], reading)
+            found[index] = _line_results(digits[index], reading, whole[index])
         return found
 
 
 def _may_be_touching(digit: preprocess.Digit, confidence: float) -> bool:
     """Whether the line reader should read a blob: as wide as tall or wider (two digits side
-    by side, touching, are; one digit seldom is), or one the classifier may cut apart."""
+    by side, touching, are; one digit seldom is), or one the classifier reads unsure."""
     if digit.ink is None:
         return False
     height, width = digit.ink.shape
-    return width >= LINE_ASPECT * height or segment.should_split(digit, confidence)
+    return width >= LINE_ASPECT * height or confidence < UNSURE_BELOW
 
 
-def _line_results(digit: preprocess.Digit, reading: linereader.LineReading) -> list | None:
+def _line_results(
+    digit: preprocess.Digit, reading: linereader.LineReading, whole: np.ndarray
+) -> list[DigitResult] | None:
     """The digits of a blob as the line reader read them, each with the classes' probabilities
-    at the frame where it fired most surely; None unless two or more are read surely."""
-    if len(reading.digits) < 2 or reading.confidence < LINE_SURE or reading.frames is None:
+    at the frame where it fired most surely; the blob itself flagged not a digit when the
+    classifier is unsure of it and the line reader sure it holds none; else None."""
+    if reading.frames is None or reading.confidence < LINE_SURE:
+        return None
+    empty = not reading.digits and reading.confidence >= EMPTY_SURE
+    if empty and whole.max() < UNSURE_BELOW and digit.box[3] >= EMPTY_MIN_HEIGHT:
+        return [replace(_digit_result(digit.image, digit.box, whole, digit.line), not_digit=True)]
+    if len(reading.digits) < 2:
         return None
     runs = linereader.greedy_decode(reading.frames)
     results = []

@@ -1,4 +1,4 @@
-"""Touching digits: which blobs may hold several digits, and the pieces of a blob.
+"""Touching digits: the pieces of a blob.
 
 Connected components cannot separate digits whose strokes touch or overlap ("00" is one blob).
 The line reader (`digitrec.linereader`) reads such a blob whole and says which columns hold each
@@ -16,14 +16,6 @@ import numpy as np
 
 from digitrec.preprocess import Digit, to_mnist
 
-# Width / height above which a blob is always taken to hold several digits. Most handwritten
-# digits are narrower than tall, but a wide 2 or 0 drawn on a canvas can reach 1.5: below this,
-# only a blob the model reads unsure is.
-WIDE_ASPECT = 1.8
-# A blob of plain width may hold several too when the model reads it below this confidence and
-# it is wider than RETRY_ASPECT (a 1 touching a 4 is as wide as one digit).
-RETRY_BELOW = 0.9
-RETRY_ASPECT = 0.5
 # Narrowest piece, as a fraction of the blob's height: a 1 is thin, but not thinner.
 MIN_PIECE = 0.12
 MAX_DIGITS = 4
@@ -32,23 +24,6 @@ MAX_CUTS = 8
 INK = 0.3
 
 Span = tuple[int, int]  # [left, right) columns of the blob's ink crop
-
-
-def is_wide(digit: Digit) -> bool:
-    """Whether a found blob is wide enough to be several touching digits."""
-    if digit.ink is None:
-        return False
-    height, width = digit.ink.shape
-    return width > WIDE_ASPECT * height
-
-
-def should_split(digit: Digit, confidence: float) -> bool:
-    """Whether to try cutting a blob: it is wide, or the model is unsure of it and it is wide
-    enough for a 1 beside another digit."""
-    if digit.ink is None:
-        return False
-    height, width = digit.ink.shape
-    return is_wide(digit) or (confidence < RETRY_BELOW and width > RETRY_ASPECT * height)
 
 
 def candidate_cuts(ink: np.ndarray) -> list[int]:

@@ -74,8 +74,9 @@ def score(recognizer: Any, items: Sequence[Item], batch: int = 256) -> dict[str,
 
     A file is right when the recognizer's text equals its label, or, on a page of marks that are
     not digits, when no item found is left unflagged. ``notdigit_flagged``: the share of those
-    pages where marks were found and all flagged. ``digits_wrongly_flagged``: the share of items
-    found on pages with digits (label not empty) that were flagged not_digit. Either is None
+    pages where marks were found and all flagged. ``digits_wrongly_flagged``: the share of the
+    digits of pages with digits (label not empty) that were flagged not_digit, counting as
+    digits the flags beyond the items found in excess of the label's digits. Either is None
     when the set has nothing to count.
     """
     per_kind: dict[str, dict[str, float]] = {}
@@ -136,8 +137,11 @@ def _count_flags(counts: dict[str, int], item: Item, answer: dict[str, Any]) -> 
         counts["marks_pages"] += 1
         counts["marks_flagged"] += int(bool(found) and flagged == len(found))
     elif item.label:
-        counts["digits"] += len(found)
-        counts["digits_flagged"] += flagged
+        # Items found beyond the label's digits are not digits (a leftover of a ruling, a
+        # speck), and flagging them is right: only flags past their number can be digits.
+        digits = sum(char.isdigit() for char in item.label)
+        counts["digits"] += digits
+        counts["digits_flagged"] += max(0, flagged - max(0, len(found) - digits))
 
 
 def _share(part: int, whole: int) -> float | None:
@@ -155,7 +159,7 @@ def table(report: dict[str, Any]) -> str:
     lines.append(f"{'all':<12} {report['images']:>7} {report['accuracy']:>9.2%}")
     for key, meaning in (
         ("notdigit_flagged", "of pages of non-digit marks had every mark flagged not a digit"),
-        ("digits_wrongly_flagged", "of items found on pages of digits were flagged not a digit"),
+        ("digits_wrongly_flagged", "of the digits on pages of digits were flagged not a digit"),
     ):
         if report.get(key) is not None:
             lines.append(f"{report[key]:.2%} {meaning}")
