@@ -163,8 +163,6 @@ RECIPES: dict[str, TrainConfig] = {
         ),
         # Letters, symbols and wrong cuts of touching digits must read unsure.
         outliers=0.25,
-        # Digits and marks as the pipeline cuts them from rulings, boxes and far-off photos.
-        page_crops=0.1,
     ),
     # pytorch/examples mnist/main.py: Adadelta lr 1.0, StepLR gamma 0.7, batch 64, 14 epochs.
     "reference-pytorch": TrainConfig(
