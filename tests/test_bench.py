@@ -175,7 +175,7 @@ def test_the_ensemble_benchmarks_its_vote(mnist, data_cache, monkeypatch, tmp_pa
 def test_a_spent_budget_ends_the_run_at_the_next_evaluation(small):
     # A budget of 0 s is spent by the first evaluation: the run stops there, with one point.
     run = bench.bench_recipe("fast", small, seed=0, budget_s=0.0, max_epochs=1)
-    first = 1 / bench.EVALS_PER_EPOCH["fast"]
-    assert len(run["curve"]) == 1 and run["epochs"] == pytest.approx(first, abs=0.01)
+    # The first of four evaluations in the epoch (at a whole step, so near a quarter).
+    assert len(run["curve"]) == 1 and 0 < run["epochs"] <= 1 / bench.EVALS_PER_EPOCH["fast"]
     whole = bench.bench_recipe("fast", small, seed=0, budget_s=None, max_epochs=1)
     assert len(whole["curve"]) == bench.EVALS_PER_EPOCH["fast"]

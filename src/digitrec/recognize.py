@@ -31,9 +31,12 @@ NOT_DIGIT_BELOW = 0.5
 # it reads two or more and the product of their confidences is at least this; otherwise the
 # blob is cut apart by the classifier (`digitrec.segment`) or read whole.
 LINE_SURE = 0.5
-# Blobs at least this wide for their height are read by the line reader even when the
-# classifier is sure of them: two touching zeros read as one sure 0.
+# Blobs at least this wide for their height are read by the line reader unless the classifier
+# is SURE_WHOLE of them (a round 9 or 0 is as wide as tall), and from WIDE_ASPECT on always: two
+# touching zeros read as one sure 0.
 LINE_ASPECT = 0.9
+SURE_WHOLE = 0.99
+WIDE_ASPECT = 1.2
 # Below this confidence of the classifier, a blob is read by the line reader too: a 1 touching
 # a 4 is as narrow as one digit, but the classifier is unsure of it.
 UNSURE_BELOW = 0.9
@@ -459,12 +462,15 @@ class Recognizer:
 
 
 def _may_be_touching(digit: preprocess.Digit, confidence: float) -> bool:
-    """Whether the line reader should read a blob: as wide as tall or wider (two digits side
-    by side, touching, are; one digit seldom is), or one the classifier reads unsure."""
+    """Whether the line reader should read a blob: one the classifier reads unsure, one about as
+    wide as tall that it is not quite sure of (two digits side by side, touching, are that
+    wide), and any wider one."""
     if digit.ink is None:
         return False
     height, width = digit.ink.shape
-    return width >= LINE_ASPECT * height or confidence < UNSURE_BELOW
+    if confidence < UNSURE_BELOW or width >= WIDE_ASPECT * height:
+        return True
+    return width >= LINE_ASPECT * height and confidence < SURE_WHOLE
 
 
 def _line_results(
