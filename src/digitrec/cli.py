@@ -331,7 +331,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         _print(f"    {split:10s} accuracy {r['accuracy']:.4f}  loss {r['loss']:.4f}")
     _print(f"    {results['verdict']}")
     examples = Path(args.examples)
-    _print(f"5/5 recognize: {examples}/")
+    shown = os.path.relpath(examples) if examples.resolve().is_relative_to(Path.cwd()) else examples
+    _print(f"5/5 recognize: {shown}/")
     recognizer = Recognizer.load(out / "run")
     answers = recognizer.recognize_many(expand_paths([examples]))
     for answer in answers:
