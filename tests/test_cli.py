@@ -282,3 +282,50 @@ def test_stages_stay_inside_their_folder_one_per_file(tmp_path, capsys):
     assert all(p.parent == stages and p.resolve().is_relative_to(stages.resolve()) for p in folders)
     assert all((p / "3-boxes.png").is_file() for p in folders)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["stages"]
+
+
+def test_demo_runs_the_whole_pipeline(data_cache, monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(data_cache.parent))
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--examples", str(EXAMPLES)]) == 0
+    printed = capsys.readouterr().out
+    steps = [line.split(" ", 1)[0] for line in printed.splitlines() if line[:1].isdigit()]
+    assert steps == ["1/5", "2/5", "3/5", "4/5", "5/5"]
+    examples = sorted(path.name for path in EXAMPLES.iterdir())
+    answered = [line.strip().split(":", 1)[0] for line in printed.splitlines() if ": " in line]
+    assert set(examples) <= set(answered)  # every example file gets its line
+    for name in ("preview.png", "recognized.png", "run/model.safetensors"):
+        assert (out / name).stat().st_size > 1000, name
+
+
+def test_data_commands_describe_fetch_and_preview(mnist, data_cache, monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(data_cache.parent))
+    assert main(["data", "info"]) == 0
+    info = capsys.readouterr().out
+    assert "60000 training and 10000 test images" in info
+    assert all(mnist.sha256[part] in info for part in ("train-images", "test-labels"))
+    counts = info.split("train label counts:")[1].splitlines()[0].split()
+    assert [int(n) for n in counts] == [int((mnist.train_labels == d).sum()) for d in range(10)]
+    assert main(["data", "fetch"]) == 0
+    assert capsys.readouterr().out.count("(from ") == 4
+    preview = tmp_path / "preview.png"
+    assert main(["data", "preview", "--out", str(preview)]) == 0
+    assert preview.stat().st_size > 1000
+
+
+def test_models_lists_every_registered_model_with_its_size(capsys):
+    from digitrec.models import count_parameters, create_model, list_models
+
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == list(list_models())
+    mlp = next(line for line in lines if line.startswith("mlp "))
+    assert f"{count_parameters(create_model('mlp')):,d} parameters" in mlp  # 101,770: the article's
+
+
+def test_explain_command_writes_its_page(tiny_run, tmp_path, capsys):
+    out = tmp_path / "explain"
+    image = EXAMPLES / "04-canvas-3.png"
+    assert main(["explain", str(image), "--model", str(tiny_run.run_dir), "--out", str(out)]) == 0
+    assert (out / "explain.html").stat().st_size > 10_000
+    assert "explain.html" in capsys.readouterr().out
