@@ -75,6 +75,8 @@ def test_the_bare_venv_really_lacks_the_extras(bare_python, tmp_path):
         (["bench", "train"], "train"),
         (["bench", "infer"], "train"),
         (["train-reader", "--steps", "1"], "train"),
+        (["finetune", "--out", "tuned"], "train"),
+        (["bench", "feedback"], "train"),
         (["recognize", EXAMPLE, "--plot", "plot.png"], "train"),
         (["recognize", EXAMPLE, "--backend", "torch"], "train"),
         (["serve"], "serve"),
