@@ -31,6 +31,9 @@ NOT_DIGIT_BELOW = 0.5
 # it reads two or more and the product of their confidences is at least this; otherwise the
 # blob is cut apart by the classifier (`digitrec.segment`) or read whole.
 LINE_SURE = 0.5
+# A blob narrower than LINE_ASPECT is seldom two digits (a 1 against a 4 is): there the line
+# reader must be this sure, or a digit with a leftover of a box read unsure stays one digit.
+LINE_SURE_NARROW = 0.9
 # Blobs at least this wide for their height are read by the line reader unless the classifier
 # is SURE_WHOLE of them (a round 9 or 0 is as wide as tall), and from WIDE_ASPECT on always: two
 # touching zeros read as one sure 0.
@@ -484,7 +487,9 @@ def _line_results(
     empty = not reading.digits and reading.confidence >= EMPTY_SURE
     if empty and whole.max() < UNSURE_BELOW and digit.box[3] >= EMPTY_MIN_HEIGHT:
         return [replace(_digit_result(digit.image, digit.box, whole, digit.line), not_digit=True)]
-    if len(reading.digits) < 2:
+    height, width = digit.ink.shape
+    narrow = width < LINE_ASPECT * height
+    if len(reading.digits) < 2 or (narrow and reading.confidence < LINE_SURE_NARROW):
         return None
     runs = linereader.greedy_decode(reading.frames)
     results = []
