@@ -222,3 +222,12 @@ def test_rows_and_thin_pens_are_read_at_full_scale(number: str, pen: int) -> Non
     page = preprocess.extract_page(_drawing(number, pen=pen, gap=3))
     assert len(page.digits) == len(number)
     assert all(digit.scale == 1.0 for digit in page.digits)
+
+
+def test_a_thin_sliver_along_the_border_is_not_a_digit():
+    # A scan's edge leaves a line a pixel wide along the border: short, it is still no digit.
+    page = np.full((300, 300), 0.92, np.float32)
+    page[140:146, 0] = 0.1
+    assert preprocess.extract_digits(_encode(page, "PNG")) == []
+    page[100:160, 140:143] = 0.1  # a 1 of the same stroke, away from the border, is one
+    assert len(preprocess.extract_digits(_encode(page, "PNG"))) == 1

@@ -410,11 +410,14 @@ def _ink_components(
             continue
         # Ink lying along an image edge for most of its length is the page edge, the table, or
         # a shadow band at the border, not a digit; a digit cut by the border only crosses it.
+        # So is a sliver a pixel or two thick along an edge, however short (a scan's border).
         spans = (width, width, height, height)
         sides = (image_width, image_width, image_height, image_height)
+        thick = (height, height, width, width)
         if any(
             contact[label] >= EDGE_CONTACT_FRACTION * max(span, EDGE_MIN_FRACTION * side)
-            for contact, span, side in zip(contacts, spans, sides, strict=True)
+            or (depth <= 2 and contact[label] >= EDGE_CONTACT_FRACTION * span)
+            for contact, span, side, depth in zip(contacts, spans, sides, thick, strict=True)
         ):
             continue
         components.append((label, (x, y, width, height), area))
