@@ -3,9 +3,12 @@ small trained run that the training, recognition and CLI tests all read."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from digitrec import data
 
@@ -54,3 +57,19 @@ def onnx_run(tiny_run, mnist, tmp_path_factory) -> Path:
         shutil.copy(tiny_run.run_dir / name, folder / name)
     export_onnx(folder, images=mnist.test_images[:1000])
     return folder
+
+
+def _paper_png(*digits: np.ndarray, scale: int = 4) -> bytes:
+    """MNIST digits (white on black, 28x28) side by side as dark ink on white paper, as a PNG."""
+    row = np.concatenate([np.pad(digit, 8) for digit in digits], axis=1)  # (28 + 16, N * 44)
+    image = Image.fromarray(255 - row)
+    image = image.resize((image.width * scale, image.height * scale), Image.Resampling.BILINEAR)
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def paper_png():
+    """`paper_png(*digits, scale=4)`: MNIST digits written on white paper, as PNG bytes."""
+    return _paper_png

@@ -32,23 +32,13 @@ NO_POSTGRES = (
 )
 
 
-def paper_png(*digits: np.ndarray, scale: int = 4) -> bytes:
-    """MNIST digits (white on black, 28x28) side by side as dark ink on white paper, as a PNG."""
-    row = np.concatenate([np.pad(digit, 8) for digit in digits], axis=1)
-    image = Image.fromarray(255 - row)
-    image = image.resize((image.width * scale, image.height * scale), Image.Resampling.BILINEAR)
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG")
-    return buffer.getvalue()
-
-
 @pytest.fixture(scope="module")
 def recognizer() -> Recognizer:
     return Recognizer.load()  # the bundled model through ONNX Runtime
 
 
 @pytest.fixture(scope="module")
-def seventy_two(mnist) -> tuple[bytes, str]:
+def seventy_two(mnist, paper_png) -> tuple[bytes, str]:
     """A PNG of two MNIST test digits and the number they make."""
     first, second = 0, 1
     label = f"{mnist.test_labels[first]}{mnist.test_labels[second]}"

@@ -4,12 +4,10 @@ that is an ordinary run: it loads, reads, exports, and its command makes it agai
 
 from __future__ import annotations
 
-import io
 import shlex
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from digitrec.checkpoint import ModelError, read_card
 from digitrec.cli import main
@@ -21,18 +19,8 @@ from digitrec.recognize import Recognizer
 QUICK = FinetuneConfig(steps=60, threads=1)
 
 
-def paper_png(*digits: np.ndarray, scale: int = 4) -> bytes:
-    """MNIST digits (white on black, 28x28) side by side as dark ink on white paper, as a PNG."""
-    row = np.concatenate([np.pad(digit, 8) for digit in digits], axis=1)
-    image = Image.fromarray(255 - row)
-    image = image.resize((image.width * scale, image.height * scale), Image.Resampling.BILINEAR)
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG")
-    return buffer.getvalue()
-
-
 @pytest.fixture(scope="module")
-def feedback_db(mnist, tmp_path_factory):
+def feedback_db(mnist, tmp_path_factory, paper_png):
     """20 records of two MNIST training digits each, read by the bundled model and labelled
     with their true digits, and one whose label does not fit (kept, unusable)."""
     recognizer = Recognizer.load()
@@ -95,7 +83,7 @@ def test_a_model_that_loses_on_mnist_is_refused_and_nothing_is_written(
 
 
 def test_a_fine_tuned_model_is_an_ordinary_run(
-    feedback_db, tiny_run, mnist, mnist_dir, tmp_path, capsys
+    paper_png, feedback_db, tiny_run, mnist, mnist_dir, tmp_path, capsys
 ):
     from digitrec.export import export_onnx
 

@@ -29,14 +29,6 @@ from digitrec.serve import MAX_REQUEST_BYTES, create_app, serve_in_thread
 DIGIT_FIELDS = {"digit", "confidence", "probabilities", "box", "uncertain", "not_digit"}
 
 
-def paper_png(*digits: np.ndarray, scale: int = 4) -> bytes:
-    """MNIST digits (white on black, 28x28) side by side as dark ink on white paper, as a PNG."""
-    row = np.concatenate([np.pad(digit, 8) for digit in digits], axis=1)  # (28 + 16, N * 44)
-    image = Image.fromarray(255 - row)
-    image = image.resize((image.width * scale, image.height * scale), Image.Resampling.BILINEAR)
-    return png_bytes(image)
-
-
 def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "PNG")
@@ -72,13 +64,13 @@ def client(app):
 
 
 @pytest.fixture(scope="module")
-def seven(mnist) -> bytes:
+def seven(mnist, paper_png) -> bytes:
     assert mnist.test_labels[0] == 7
     return paper_png(mnist.test_images[0])
 
 
 @pytest.fixture(scope="module")
-def seventy_two(mnist) -> bytes:
+def seventy_two(mnist, paper_png) -> bytes:
     assert list(mnist.test_labels[:2]) == [7, 2]
     return paper_png(mnist.test_images[0], mnist.test_images[1])
 
