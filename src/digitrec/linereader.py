@@ -61,6 +61,9 @@ class LineReading:
     # blank (the least blank probability), so a letter read as nothing can still be trusted.
     confidence: float
     frames: np.ndarray | None = field(default=None, repr=False, compare=False)  # (T, 11)
+    # For each digit, the ten digit classes' probabilities (blank left out, summing to 1) at
+    # the frame where it fired most surely.
+    classes: list[np.ndarray] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def text(self) -> str:
@@ -177,11 +180,15 @@ def reading(frames: np.ndarray, shape: tuple[int, int]) -> LineReading:
         (digit, confidence, *to_ink_columns(span, shape))
         for (digit, confidence, _, _), span in zip(decoded, spans, strict=True)
     ]
+    classes = []
+    for digit, _, first, last in decoded:
+        peak = frames[first + int(np.argmax(frames[first : last + 1, digit + 1])), 1:]
+        classes.append(peak / peak.sum())
     if digits:
         confidence = float(np.prod([confidence for _, confidence, _, _ in digits]))
     else:
         confidence = float(frames[:, BLANK].min()) if len(frames) else 1.0
-    return LineReading(digits=digits, confidence=confidence, frames=frames)
+    return LineReading(digits=digits, confidence=confidence, frames=frames, classes=classes)
 
 
 def width_batches(widths: Sequence[int]) -> list[list[int]]:

@@ -29,7 +29,7 @@ UNCERTAIN_BELOW = 0.7
 NOT_DIGIT_BELOW = 0.5
 # A blob that may be touching digits is taken as the digits the line reader reads in it when
 # it reads two or more and the product of their confidences is at least this; otherwise the
-# blob is cut apart by the classifier (`digitrec.segment`) or read whole.
+# classifier's reading of the whole blob stands.
 LINE_SURE = 0.5
 # A blob narrower than LINE_ASPECT is seldom two digits (a 1 against a 4 is): there the line
 # reader must be this sure, or a digit with a leftover of a box read unsure stays one digit.
@@ -171,8 +171,6 @@ class OnnxBackend:
     def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
         import onnxruntime as ort
 
-        from digitrec.checkpoint import ModelCard, ModelError
-
         self.path = Path(path)
         self.session = ort.InferenceSession(
             str(path), self.session_options(threads), providers=["CPUExecutionProvider"]
@@ -207,8 +205,6 @@ class OnnxBackend:
     def _replay_check(self, meta: dict[str, str]) -> None:
         import base64
         import hashlib
-
-        from digitrec.checkpoint import ModelError
 
         if "digitrec_check" not in meta:
             raise ModelError(f"{self.path}: ONNX file without its digitrec self-check")
@@ -329,8 +325,6 @@ def _check_same_weights(runner: OnnxBackend, weights: Path) -> None:
     """Refuse a model.onnx exported from other weights than the run's own (a stale export)."""
     from safetensors import safe_open
 
-    from digitrec.checkpoint import ModelError
-
     try:
         with safe_open(str(weights), framework="numpy") as f:
             card = json.loads((f.metadata() or {}).get("digitrec_card", "{}"))
@@ -369,8 +363,6 @@ class Recognizer:
         backend: "torch", "onnx", or "auto" (see `resolve_model`). threads: ONNX Runtime's
         intra-op threads (default: every core this process may use).
         """
-        from digitrec.checkpoint import ModelError
-
         path, chosen, exported_from = resolve_model(model, backend)
         if chosen == "onnx":
             try:
@@ -482,7 +474,7 @@ def _line_results(
     """The digits of a blob as the line reader read them, each with the classes' probabilities
     at the frame where it fired most surely; the blob itself flagged not a digit when the
     classifier is unsure of it and the line reader sure it holds none; else None."""
-    if reading.frames is None or reading.confidence < LINE_SURE:
+    if reading.confidence < LINE_SURE:
         return None
     empty = not reading.digits and reading.confidence >= EMPTY_SURE
     if empty and whole.max() < UNSURE_BELOW and digit.box[3] >= EMPTY_MIN_HEIGHT:
@@ -491,13 +483,10 @@ def _line_results(
     narrow = width < LINE_ASPECT * height
     if len(reading.digits) < 2 or (narrow and reading.confidence < LINE_SURE_NARROW):
         return None
-    runs = linereader.greedy_decode(reading.frames)
     results = []
-    for (value, _, left, right), (_, _, first, last) in zip(reading.digits, runs, strict=True):
-        peak = first + int(np.argmax(reading.frames[first : last + 1, value + 1]))
-        classes = reading.frames[peak, 1:]
+    for (_, _, left, right), classes in zip(reading.digits, reading.classes, strict=True):
         crop, box = segment.piece(digit, (left, right))
-        results.append(_digit_result(crop, box, classes / classes.sum(), digit.line))
+        results.append(_digit_result(crop, box, classes, digit.line))
     return results
 
 
