@@ -595,7 +595,9 @@ def test_the_page_stores_corrections_and_reads_a_photo(browser, seventy_two, tmp
             "#photo", files=[{"name": "72.png", "mimeType": "image/png", "buffer": image}]
         )
         page.wait_for_function(f"() => document.querySelector('#answer').textContent === '{label}'")
-        assert page.is_visible("#photo-view") and page.locator("#digits .digit").count() == 2
+        # The answer is shown first; the photo is drawn once the browser has decoded it.
+        page.wait_for_selector("#photo-view", state="visible")
+        assert page.locator("#digits .digit").count() == 2
         page.click("#right")
         wait_for_status(page, 3)
         page.click("#clear")  # drawing again puts the photo and its feedback away
