@@ -216,6 +216,19 @@ def test_comb_field_of_four_boxes_gives_four_digits() -> None:
     _assert_boxes(_digit_boxes(page), drawn)
 
 
+@pytest.mark.parametrize(("cell", "joined"), [(60, True), (120, False)])
+def test_pieces_in_one_narrow_cell_join(cell: int, joined: bool) -> None:
+    # Walls of a comb field erased from the page, `cell` px apart, digits 50 px tall; two
+    # pieces of a digit cut apart in the first cell, one digit in the next.
+    structure = np.zeros((100, 20 + 3 * cell), np.float32)
+    for wall in range(3):
+        structure[10:90, 20 + wall * cell] = 1.0
+    pieces = [(25, 25, 10, 50), (40, 25, 12, 50), (25 + cell, 25, 20, 50)]
+    groups = preprocess._merge_in_cells(pieces, structure, 50)
+    first = [preprocess._union(pieces[0], pieces[1])] if joined else pieces[:2]
+    assert groups == [*first, pieces[2]]
+
+
 def test_circle_around_a_digit_is_removed() -> None:
     sheet = Sheet(260, 260)
     drawn = [sheet.write(5, 112, 154)]
@@ -337,17 +350,30 @@ def test_specks_of_dirt_are_no_separators() -> None:
     assert page.separators == []
 
 
-def test_slanted_one_is_a_digit_not_a_slash() -> None:
+def _stroke_between_digits(degrees: float, flag: bool) -> list[str]:
+    """The separators read in 4?7, where ? is a stroke as tall as the digits leaning right by
+    ``degrees``, with a 1's flag at its top if ``flag``."""
     sheet = Sheet(200, 320)
     drawn = [sheet.write(4, 80, 130, seed=4)]
-    # A plain stroke leaning right by 15 degrees, as tall as the digits: a 1 in italic hand.
-    lean = HEIGHT * np.tan(np.radians(15))
+    lean = HEIGHT * np.tan(np.radians(degrees))
     left = drawn[0][0] + drawn[0][2] + 16
-    sheet.stroke([(left + 2, 128), (left + 2 + lean, 84)], 4)
-    drawn.append((left, 82, round(lean) + 5, 49))
-    drawn.append(sheet.write(7, left + round(lean) + 22, 130, seed=7))
-    page = preprocess.extract_page(sheet.png())
-    assert len(page.digits) == 3 and page.separators == []
+    top = (left + 2 + lean, 84)
+    sheet.stroke([(left + 2, 128), top], 4)
+    if flag:
+        sheet.stroke([top, (top[0] - 9, top[1] + 8)], 4)
+    sheet.write(7, left + round(lean) + 22, 130, seed=7)
+    return [separator.char for separator in preprocess.extract_page(sheet.png()).separators]
+
+
+@pytest.mark.parametrize(("degrees", "flag"), [(8, False), (20, True), (30, True)])
+def test_slanted_one_is_a_digit_not_a_slash(degrees: float, flag: bool) -> None:
+    # Upright enough for a 1 in italic hand, or bent by the flag at its top.
+    assert _stroke_between_digits(degrees, flag) == []
+
+
+@pytest.mark.parametrize("degrees", [18, 30])
+def test_one_straight_leaning_stroke_is_a_slash(degrees: float) -> None:
+    assert _stroke_between_digits(degrees, flag=False) == ["/"]
 
 
 # --- results -------------------------------------------------------------------------------------

@@ -396,3 +396,18 @@ def test_preprocess_does_not_import_torch() -> None:
     code = "import sys, digitrec.preprocess, digitrec.synth; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "False", result.stderr
+
+
+
+@pytest.mark.parametrize("glow", [0.03, 0.06])
+def test_a_small_far_away_digit_beside_a_patch_of_light_is_dark_ink(glow: float) -> None:
+    # A 10 px digit, dark, on a page lit a little brighter on one side: the wide, faint
+    # departure of the light must not outvote the small, strong one of the ink.
+    rows, columns = np.mgrid[0:320, 0:400].astype(np.float32)
+    light = np.exp(-((columns - 90) ** 2 + (rows - 80) ** 2) / (2 * 50.0**2))
+    gray = (0.85 + glow * light).astype(np.float32)
+    cv2.line(gray, (260, 200), (264, 210), 0.3, 1)
+    cv2.line(gray, (256, 200), (264, 200), 0.3, 1)
+    ink = preprocess.to_ink(gray)
+    assert ink[198:212, 254:266].max() > 0.9
+    assert ink[:150, :200].max() < 0.3  # the light is no ink

@@ -176,3 +176,12 @@ def test_marks_that_are_not_digits_are_flagged(bundled):
     # Letters, symbols, scribbles, faces and stars in fonts and shapes the model never saw:
     # nine in ten are flagged on the benchmark; none would be without the flag.
     assert sum(flagged) >= 14, flagged
+
+
+@pytest.mark.parametrize("height", [recognize.REJECT_MIN_HEIGHT - 8, recognize.REJECT_MIN_HEIGHT])
+def test_an_unsure_reading_is_not_a_digit_only_when_the_mark_is_tall_enough(height):
+    # The probability spread over all ten classes, as the model gives it for a letter.
+    probs = np.full(10, 0.1, dtype=np.float32)
+    result = recognize._digit_result(np.zeros((28, 28)), (5, 5, height, height), probs, 0)
+    assert result.uncertain
+    assert result.not_digit == (height >= recognize.REJECT_MIN_HEIGHT)

@@ -72,9 +72,17 @@ MINUS_WIDTH = (0.2, 1.2)
 MINUS_FLATNESS = 1.8
 COLON_SPACING = (0.2, 0.75)
 SLASH_HEIGHT = (0.6, 1.6)
-# A handwritten 1 seldom leans past 25 degrees; a slash leans further, and is straight.
-SLASH_ANGLE = (28.0, 65.0)
+# A slash leans right and is one straight stroke; a handwritten 1 leaning as far is bent or
+# flagged: its middle wanders off the line through its ends by more than SLASH_BEND of its
+# length, where a quick straight stroke stays within it.
+SLASH_ANGLE = (14.0, 65.0)
 SLASH_THINNESS = 0.15
+SLASH_BEND = 0.015
+# A vertical line of the erased structure is a wall between cells where it crosses this
+# fraction of a text line's height; a cell holds one digit when it is at most CELL_WIDTH
+# digit heights wide, and pieces of a digit cut apart by erasing the walls then join again.
+WALL_FRACTION = 0.6
+CELL_WIDTH = 1.6
 # A separator sits in a gap: it overlaps a digit horizontally by at most this fraction of its
 # own width, and lies at most this many digit heights from the nearest digit.
 GAP_OVERLAP = 0.3
@@ -631,6 +639,20 @@ def _refine_centres(
     return centres + shift
 
 
+def walls_across(structure: np.ndarray, top: int, bottom: int) -> np.ndarray:
+    """The x positions of the vertical lines of ``structure`` (what `remove_structure` erased)
+    that cross the band of rows [top, bottom) for WALL_FRACTION of it: a form's box walls, or
+    a grid's lines. Each wall's centre column, left to right."""
+    band = structure[max(top, 0) : max(bottom, top + 1)] > STRUCTURE_THRESHOLD
+    if band.size == 0:
+        return np.zeros(0, dtype=np.float64)
+    columns = np.flatnonzero(band.sum(axis=0) >= WALL_FRACTION * band.shape[0])
+    if columns.size == 0:
+        return np.zeros(0, dtype=np.float64)
+    runs = np.split(columns, np.flatnonzero(np.diff(columns) > 1) + 1)
+    return np.array([run.mean() for run in runs], dtype=np.float64)
+
+
 def _erase_enclosures(clean: np.ndarray, removed: np.ndarray, digit_height: float) -> None:
     """Erase outlines drawn around a digit and lines drawn under digits (in place)."""
     mask = (clean > STRUCTURE_THRESHOLD).astype(np.uint8)
@@ -1006,7 +1028,23 @@ def _is_slash(labels: np.ndarray, component: tuple[int, Box, int]) -> bool:
     if along_x * along_y >= 0:
         return False
     angle = np.degrees(np.arctan2(abs(along_x), abs(along_y)))
-    return SLASH_ANGLE[0] <= angle <= SLASH_ANGLE[1]
+    if not SLASH_ANGLE[0] <= angle <= SLASH_ANGLE[1]:
+        return False
+    centred = points - points.mean(axis=1, keepdims=True)
+    return _bend(eigenvectors[:, 1] @ centred, eigenvectors[:, 0] @ centred) <= SLASH_BEND
+
+
+def _bend(along: np.ndarray, across: np.ndarray, pieces: int = 8) -> float:
+    """How far a stroke's middle line wanders sideways, as a fraction of its length: the spread
+    of the mean ``across`` offset over ``pieces`` equal stretches ``along`` it."""
+    length = float(np.ptp(along))
+    if length <= 0:
+        return np.inf
+    piece = np.minimum((along - along.min()) * (pieces / length), pieces - 1).astype(np.intp)
+    counts = np.bincount(piece, minlength=pieces)
+    sums = np.bincount(piece, weights=across, minlength=pieces)
+    middles = sums[counts > 0] / counts[counts > 0]
+    return float(np.ptp(middles)) / length
 
 
 def _slash_on_line(box: np.ndarray, metrics: tuple[float, float, float]) -> bool:

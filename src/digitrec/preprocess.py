@@ -101,8 +101,11 @@ BACKGROUND_SIZE = 64
 # faded in the ink map: photos of blank pages leave up to about 0.2 of lighting residue, while
 # pen on paper differs by 0.35 or more even in a shadow.
 MIN_CONTRAST = 0.3
-# Departures from the paper smaller than this (gray levels) do not vote on the polarity.
-POLARITY_SLACK = 0.02
+# Side of the thumbnail on which the polarity is decided: a digit a hundredth of the picture
+# tall still spans a pixel or two there. Departures from the paper smaller than
+# POLARITY_SLACK (gray levels) do not vote on it.
+POLARITY_SIZE = 128
+POLARITY_SLACK = 0.04
 # Differences from the paper below this many standard deviations of its noise are noise.
 NOISE_SIGMAS = 4.0
 # Lowest threshold on the ink map for the connected components: Otsu on a nearly blank page would
@@ -342,11 +345,11 @@ def find_digit_boxes(ink: np.ndarray) -> list[tuple[int, int, int, int]]:
 
 
 def _read_layout(
-    ink: np.ndarray, ink_bytes: np.ndarray | None = None
+    ink: np.ndarray, ink_bytes: np.ndarray | None = None, structure: np.ndarray | None = None
 ) -> tuple[list[list[tuple[int, int, int, int]]], list[tuple[str, tuple[int, int, int, int], int]]]:
     """The digit boxes of each text line (lines top to bottom, boxes left to right) and the
     separators as (character, box, line), in the same order; ``ink_bytes`` as for
-    `_ink_components`."""
+    `_ink_components`; ``structure``, the paper structure erased from ``ink``, if any."""
     labels, components = _ink_components(ink, ink_bytes)
     minimum_side = max(2.0, MIN_SPECK_FRACTION * min(ink.shape))
     # A speck is small in both directions; a thin 1 is narrow but tall. Specks are kept until
@@ -370,6 +373,8 @@ def _read_layout(
         if not groups:
             continue
         tallest = max(height for _, _, _, height in groups)
+        if structure is not None:
+            groups = _merge_in_cells(groups, structure, tallest)
         groups = [box for box in groups if box[3] >= MIN_HEIGHT_RATIO * tallest]
         numbers[line] = len(digit_lines)
         digit_lines.append(sorted(groups, key=lambda box: box[0]))
@@ -588,7 +593,10 @@ def _read_ink(working: np.ndarray, ink: np.ndarray, scale: float) -> _Reading:
     """Erase the paper structure from an ink map and read its digit boxes and separators."""
     clean, structure = layout.remove_structure(ink)
     # The components are found on the bytes of the ink map unless structure was erased from it.
-    lines, marks = _read_layout(clean, _ink_bytes(ink) if clean is ink else None)
+    if clean is ink:
+        lines, marks = _read_layout(clean, _ink_bytes(ink))
+    else:
+        lines, marks = _read_layout(clean, None, structure)
     return _Reading(scale, working, ink, clean, structure, lines, marks)
 
 
@@ -832,8 +840,9 @@ def _paper_difference(gray: np.ndarray) -> tuple[np.ndarray, float]:
         raise ValueError(f"expected a non-empty (H, W) gray image, got shape {gray.shape}")
     height, width = gray.shape
     smooth = _blur(gray)
-    thumb = _thumbnail(smooth, BACKGROUND_SIZE)
-    dark_ink = _dark_ink(thumb)
+    detail = _thumbnail(smooth, POLARITY_SIZE)
+    thumb = _thumbnail(detail, BACKGROUND_SIZE)
+    dark_ink = _dark_ink(detail)
     # The paper under the ink, as seen with the ink bright: dark ink is flipped for the estimate
     # and the paper flipped back, so the full image is never flipped.
     paper = 1.0 - _background(1.0 - thumb) if dark_ink else _background(thumb)
@@ -879,8 +888,10 @@ def _dark_ink(thumb: np.ndarray) -> bool:
     departure = thumb - paper
     # Sums rather than extremes: where strokes crowd a window (a huge bold digit) the median
     # mistakes a small patch of paper for ink, but the strokes themselves still outweigh it.
-    darker = float(np.maximum(-departure - POLARITY_SLACK, 0.0).sum())
-    lighter = float(np.maximum(departure - POLARITY_SLACK, 0.0).sum())
+    # Squared, so that a few strong departures (small digits far away) outweigh the many
+    # faint ones of mottled paper and uneven light.
+    darker = float(np.square(np.maximum(-departure - POLARITY_SLACK, 0.0)).sum())
+    lighter = float(np.square(np.maximum(departure - POLARITY_SLACK, 0.0)).sum())
     return darker > lighter
 
 
@@ -1133,6 +1144,30 @@ def _merge_overlapping(boxes: list[tuple[int, int, int, int]]) -> list[tuple[int
                 result.append(box)
         groups = sorted(result)
     return groups
+
+
+def _merge_in_cells(
+    groups: list[tuple[int, int, int, int]], structure: np.ndarray, height: int
+) -> list[tuple[int, int, int, int]]:
+    """Join the pieces of a line (sorted left to right) that lie in one cell of a form's comb
+    or a grid, a cell no wider than layout.CELL_WIDTH digit heights: erasing the cell's walls
+    cuts a digit that leans on them in two, and a cell holds one digit."""
+    top = min(box[1] for box in groups)
+    bottom = max(box[1] + box[3] for box in groups)
+    walls = layout.walls_across(structure, top, bottom)
+    if walls.size < 2:
+        return groups
+    centres = [box[0] + box[2] / 2 for box in groups]
+    cells = np.searchsorted(walls, centres)
+    joined = [groups[0]]
+    for box, cell, previous in zip(groups[1:], cells[1:], cells[:-1], strict=True):
+        inside = 0 < cell < walls.size
+        narrow = inside and walls[cell] - walls[cell - 1] <= layout.CELL_WIDTH * height
+        if cell == previous and narrow:
+            joined[-1] = _union(joined[-1], box)
+        else:
+            joined.append(box)
+    return joined
 
 
 def _overlap_horizontally(first: tuple[int, ...], second: tuple[int, ...]) -> bool:

@@ -46,9 +46,10 @@ UNSURE_BELOW = 0.9
 # A blob the classifier reads below UNSURE_BELOW that the line reader, trained to read letters
 # and marks as nothing, reads as no digit at least this surely is reported as not a digit.
 EMPTY_SURE = 0.9
-# ... when the blob is at least this many pixels tall: smaller ones (a far-off photo's digits)
-# reach the line reader as a blur scaled up, which it reads as nothing too often.
-EMPTY_MIN_HEIGHT = 20
+# A blob is reported as not a digit only when it is at least this many pixels tall: smaller
+# ones (a far-off photo's digits) reach the models as a blur scaled up, which both read unsure
+# or as nothing too often, so there an unsure reading is a digit marked uncertain.
+REJECT_MIN_HEIGHT = 20
 
 IMAGE_SUFFIXES = frozenset(
     ".png .jpg .jpeg .gif .bmp .tif .tiff .webp .pgm .ppm .pbm .jfif".split()
@@ -477,7 +478,7 @@ def _line_results(
     if reading.confidence < LINE_SURE:
         return None
     empty = not reading.digits and reading.confidence >= EMPTY_SURE
-    if empty and whole.max() < UNSURE_BELOW and digit.box[3] >= EMPTY_MIN_HEIGHT:
+    if empty and whole.max() < UNSURE_BELOW and digit.box[3] >= REJECT_MIN_HEIGHT:
         return [replace(_digit_result(digit.image, digit.box, whole, digit.line), not_digit=True)]
     height, width = digit.ink.shape
     narrow = width < LINE_ASPECT * height
@@ -499,7 +500,7 @@ def _digit_result(crop: np.ndarray, box: Any, probs: np.ndarray, line: int) -> D
         probabilities=[round(float(p), 6) for p in probs],
         box=[int(v) for v in box],
         uncertain=confidence < UNCERTAIN_BELOW,
-        not_digit=confidence < NOT_DIGIT_BELOW,
+        not_digit=confidence < NOT_DIGIT_BELOW and box[3] >= REJECT_MIN_HEIGHT,
         line=line,
         image=crop,
     )
