@@ -398,7 +398,6 @@ def test_preprocess_does_not_import_torch() -> None:
     assert result.stdout.strip() == "False", result.stderr
 
 
-
 @pytest.mark.parametrize("glow", [0.03, 0.06])
 def test_a_small_far_away_digit_beside_a_patch_of_light_is_dark_ink(glow: float) -> None:
     # A 10 px digit, dark, on a page lit a little brighter on one side: the wide, faint
