@@ -216,6 +216,34 @@ def test_comb_field_of_four_boxes_gives_four_digits() -> None:
     _assert_boxes(_digit_boxes(page), drawn)
 
 
+def test_a_zero_leaning_on_a_wall_of_its_box_keeps_its_side() -> None:
+    sheet = Sheet(220, 340)
+    cell, top, left = 66, 60, 70
+    wall = left + 2 * cell
+
+    def draw(canvas: np.ndarray) -> None:
+        cv2.rectangle(canvas, (left, top), (left + 3 * cell, top + cell), 255, 2)
+        for index in (1, 2):
+            cv2.line(canvas, (left + index * cell, top), (left + index * cell, top + cell), 255, 2)
+
+    sheet.print(draw, PRINT)
+    drawn = [
+        sheet.write(digit, left + index * cell + 18, top + cell - 9, seed=index)
+        for index, digit in ((0, 4), (2, 7))
+    ]
+    # A 0 pressed against the wall: its right side runs down it for most of its height.
+    angles = np.radians(np.arange(0, 361, 6))
+    centre = (wall - 14, top + cell / 2)
+    outline = [(min(centre[0] + 20 * np.cos(a), wall), centre[1] + 24 * np.sin(a)) for a in angles]
+    sheet.stroke(outline, 3)
+    page = preprocess.extract_page(sheet.png())
+    assert len(page.digits) == 3
+    zero = page.digits[1].ink
+    side = (zero[:, -4:] > 0.5).any(axis=1)
+    assert side.mean() >= 0.5, side.mean()  # the side is there, not only the arcs' ends
+    assert page.digits[0].box[0] == pytest.approx(drawn[0][0], abs=4)
+
+
 @pytest.mark.parametrize(("cell", "joined"), [(60, True), (120, False)])
 def test_pieces_in_one_narrow_cell_join(cell: int, joined: bool) -> None:
     # Walls of a comb field erased from the page, `cell` px apart, digits 50 px tall; two

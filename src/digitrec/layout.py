@@ -57,6 +57,10 @@ TOUCH_DISTANCE = 3
 RESIDUE_THRESHOLD = 0.35
 # Pen ink this much stronger than the line it lies on is a stroke, not the line.
 STRONGER_INK = 0.25
+# A stroke of a digit lying on a box's wall leaves it on one side at both ends of where it lay
+# (a 0 leaning on a wall of its cell): a stretch of the wall shorter than this fraction of the
+# digit height between two such departures on one side is kept as the stroke.
+WALL_BRIDGE = 0.8
 
 # Two digits share a text line when they overlap vertically by this fraction of the shorter.
 LINE_OVERLAP = 0.5
@@ -109,9 +113,10 @@ def remove_structure(ink: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     # line each pass sees the other line as a crossing stroke, and the second pass, with the
     # first line already gone around the crossing, erases the crossing as well.
     bands = np.zeros(ink.shape, bool)
-    _erase_lines(clean, removed, bands, horizontal, factor, height_limit)
+    _erase_lines(clean, removed, bands, horizontal, factor, (height_limit, 0))
     vertical = np.ascontiguousarray(vertical.T)
-    _erase_lines(clean.T, removed.T, bands.T, vertical, factor, height_limit)
+    bridge = round(WALL_BRIDGE * digit_height * factor)
+    _erase_lines(clean.T, removed.T, bands.T, vertical, factor, (height_limit, bridge))
     if bands.any():
         _erase_residue(clean, removed, bands)
     if enclosed:
@@ -448,11 +453,13 @@ def _erase_lines(
     bands: np.ndarray,
     lines: np.ndarray,
     factor: int,
-    height_limit: float,
+    limits: tuple[float, int],
 ) -> None:
     """Erase each horizontal line of the search mask ``lines`` from ``clean`` (in place), noting
     the erased ink in ``removed`` and the lines' bands in ``bands``. Vertical lines come
-    through transposed views."""
+    through transposed views. ``limits``: the thickest line erased, and the longest stretch
+    kept between two strokes leaving the line on one side (0: none is kept)."""
+    height_limit, bridge = limits
     if not lines.any():
         return
     count, labels, statistics, _ = cv2.connectedComponentsWithStats(lines, connectivity=8)
@@ -475,7 +482,7 @@ def _erase_lines(
         last = min(length, (x + width + extend) * factor)
         ink_columns = np.arange(first, last)
         centres = _along(ink_columns, search_columns, search_centres)
-        _erase_line(clean, removed, bands, ink_columns, centres, (reach, window), height_limit)
+        _erase_line(clean, removed, bands, ink_columns, centres, (reach, window), limits)
 
 
 def _column_medians(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -516,7 +523,7 @@ def _erase_line(
     columns: np.ndarray,
     centres: np.ndarray,
     reach_and_window: tuple[int, int],
-    height_limit: float,
+    limits: tuple[float, int],
 ) -> None:
     """Erase one roughly horizontal line, given its approximate centre row in each column
     (found within ``window`` rows of it; the band looked at reaches ``reach`` rows).
@@ -527,6 +534,7 @@ def _erase_line(
     line, or lies on it.
     """
     reach, window = reach_and_window
+    height_limit, bridge = limits
     centres = _refine_centres(clean, columns, centres, window)
     offsets = np.arange(-reach, reach + 1)
     rows = np.clip(np.round(centres).astype(np.intp)[None, :] + offsets[:, None], 0, None)
@@ -542,10 +550,13 @@ def _erase_line(
     touch = max(STRUCTURE_THRESHOLD, 0.35 * level)
     above = band[max(0, top - 1 - TOUCH_DISTANCE) : max(0, top - 1)]
     below = band[bottom + 2 : bottom + 2 + TOUCH_DISTANCE]
-    touched = (above >= touch).all(axis=0) | (below >= touch).all(axis=0)
+    touched_above, touched_below = (above >= touch).all(axis=0), (below >= touch).all(axis=0)
     line = band[top : bottom + 1].max(axis=0)
     present = line >= 0.5 * level
-    erase = present & ~touched & (line <= level + STRONGER_INK)
+    erase = present & ~(touched_above | touched_below) & (line <= level + STRONGER_INK)
+    if bridge > 0:
+        erase &= ~_bridged(touched_above & ~touched_below, bridge)
+        erase &= ~_bridged(touched_below & ~touched_above, bridge)
     # The line's rows and two more each side, where its blurred edge lies.
     span = slice(max(0, top - 2), min(2 * reach + 1, bottom + 3))
     band_rows = rows[span][:, present]
@@ -558,6 +569,17 @@ def _erase_line(
         removed[erase_rows, erase_columns], band[span][:, erase]
     )
     clean[erase_rows, erase_columns] = 0.0
+
+
+def _bridged(leaving: np.ndarray, bridge: int) -> np.ndarray:
+    """The columns between two columns of ``leaving`` at most ``bridge`` apart: where a stroke
+    that leaves the line on one side at both ends lies on the line."""
+    kept = np.zeros_like(leaving)
+    ends = np.flatnonzero(leaving)
+    for start, stop in zip(ends[:-1], ends[1:], strict=True):
+        if 1 < stop - start <= bridge:
+            kept[start + 1 : stop] = True
+    return kept
 
 
 def _line_rows(band: np.ndarray, reach: int) -> tuple[int, int, float] | None:
