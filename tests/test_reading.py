@@ -178,10 +178,24 @@ def test_marks_that_are_not_digits_are_flagged(bundled):
     assert sum(flagged) >= 14, flagged
 
 
-@pytest.mark.parametrize("height", [recognize.REJECT_MIN_HEIGHT - 8, recognize.REJECT_MIN_HEIGHT])
-def test_an_unsure_reading_is_not_a_digit_only_when_the_mark_is_tall_enough(height):
+@pytest.mark.parametrize(
+    ("height", "ink", "rejectable"),
+    [
+        (recognize.REJECT_MIN_HEIGHT, 1.0, True),  # tall enough to be seen for what it is
+        (recognize.REJECT_MIN_HEIGHT - 8, 1.0, False),  # a far-off digit: a solid pen mark
+        (recognize.REJECT_MIN_HEIGHT - 8, recognize.SOLID_INK / 2, True),  # faint residue
+    ],
+)
+def test_an_unsure_reading_is_not_a_digit_unless_the_mark_is_small_solid_ink(
+    height, ink, rejectable
+):
+    mark = preprocess.Digit(
+        image=np.zeros((28, 28), np.float32),
+        box=(5, 5, height, height),
+        ink=np.full((height, height), ink, np.float32),
+    )
+    assert recognize._rejectable(mark) == rejectable
     # The probability spread over all ten classes, as the model gives it for a letter.
     probs = np.full(10, 0.1, dtype=np.float32)
-    result = recognize._digit_result(np.zeros((28, 28)), (5, 5, height, height), probs, 0)
-    assert result.uncertain
-    assert result.not_digit == (height >= recognize.REJECT_MIN_HEIGHT)
+    result = recognize._digit_result(mark.image, mark.box, probs, 0, rejectable)
+    assert result.uncertain and result.not_digit == rejectable

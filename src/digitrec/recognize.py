@@ -46,10 +46,12 @@ UNSURE_BELOW = 0.9
 # A blob the classifier reads below UNSURE_BELOW that the line reader, trained to read letters
 # and marks as nothing, reads as no digit at least this surely is reported as not a digit.
 EMPTY_SURE = 0.9
-# A blob is reported as not a digit only when it is at least this many pixels tall: smaller
-# ones (a far-off photo's digits) reach the models as a blur scaled up, which both read unsure
-# or as nothing too often, so there an unsure reading is a digit marked uncertain.
+# A solid pen mark (ink reaching SOLID_INK) is reported as not a digit only when it is at least
+# REJECT_MIN_HEIGHT pixels tall: smaller ones (a far-off photo's digits) reach the models as a
+# blur scaled up, which both read unsure or as nothing too often, so there an unsure reading is
+# a digit marked uncertain. Faint small marks (a blank page's lighting residue) stay flagged.
 REJECT_MIN_HEIGHT = 20
+SOLID_INK = 0.5
 
 IMAGE_SUFFIXES = frozenset(
     ".png .jpg .jpeg .gif .bmp .tif .tiff .webp .pgm .ppm .pbm .jfif".split()
@@ -419,7 +421,7 @@ class Recognizer:
         whole = self._read([digit.image for digit in digits])
         read_as_line = self._read_as_lines(digits, whole)
         readings = iter(
-            line or [_digit_result(digit.image, digit.box, probs, digit.line)]
+            line or [_digit_result(digit.image, digit.box, probs, digit.line, _rejectable(digit))]
             for digit, probs, line in zip(digits, whole, read_as_line, strict=True)
         )
         results = []
@@ -478,8 +480,13 @@ def _line_results(
     if reading.confidence < LINE_SURE:
         return None
     empty = not reading.digits and reading.confidence >= EMPTY_SURE
-    if empty and whole.max() < UNSURE_BELOW and digit.box[3] >= REJECT_MIN_HEIGHT:
+    if empty and whole.max() < UNSURE_BELOW and _rejectable(digit):
         return [replace(_digit_result(digit.image, digit.box, whole, digit.line), not_digit=True)]
+    if len(reading.digits) == 1 and reading.confidence > whole.max():
+        # One digit, which the line reader is surer of than the classifier: a second opinion
+        # from a model that saw the digit among its neighbours' leftovers (a box's walls).
+        classes = reading.classes[0]
+        return [_digit_result(digit.image, digit.box, classes, digit.line, _rejectable(digit))]
     height, width = digit.ink.shape
     narrow = width < LINE_ASPECT * height
     if len(reading.digits) < 2 or (narrow and reading.confidence < LINE_SURE_NARROW):
@@ -487,11 +494,21 @@ def _line_results(
     results = []
     for (_, _, left, right), classes in zip(reading.digits, reading.classes, strict=True):
         crop, box = segment.piece(digit, (left, right))
-        results.append(_digit_result(crop, box, classes, digit.line))
+        results.append(_digit_result(crop, box, classes, digit.line, _rejectable(digit)))
     return results
 
 
-def _digit_result(crop: np.ndarray, box: Any, probs: np.ndarray, line: int) -> DigitResult:
+def _rejectable(digit: preprocess.Digit) -> bool:
+    """Whether an unsure reading of the blob may call it not a digit: it is tall enough to be
+    seen, or too faint to be a pen's digit."""
+    if digit.box[3] >= REJECT_MIN_HEIGHT or digit.ink is None:
+        return True
+    return float(digit.ink.max()) < SOLID_INK
+
+
+def _digit_result(
+    crop: np.ndarray, box: Any, probs: np.ndarray, line: int, rejectable: bool = True
+) -> DigitResult:
     label = int(np.argmax(probs))
     confidence = float(probs[label])
     return DigitResult(
@@ -500,7 +517,7 @@ def _digit_result(crop: np.ndarray, box: Any, probs: np.ndarray, line: int) -> D
         probabilities=[round(float(p), 6) for p in probs],
         box=[int(v) for v in box],
         uncertain=confidence < UNCERTAIN_BELOW,
-        not_digit=confidence < NOT_DIGIT_BELOW and box[3] >= REJECT_MIN_HEIGHT,
+        not_digit=confidence < NOT_DIGIT_BELOW and rejectable,
         line=line,
         image=crop,
     )
