@@ -199,3 +199,23 @@ def test_an_unsure_reading_is_not_a_digit_unless_the_mark_is_small_solid_ink(
     probs = np.full(10, 0.1, dtype=np.float32)
     result = recognize._digit_result(mark.image, mark.box, probs, 0, rejectable)
     assert result.uncertain and result.not_digit == rejectable
+
+
+@pytest.mark.parametrize(("reader_sure", "classifier_sure"), [(0.99, 0.6), (0.6, 0.8)])
+def test_the_surer_of_the_two_models_reads_a_lone_digit(reader_sure, classifier_sure):
+    # The classifier takes the blob for a 9, the line reader reads one 4 in it.
+    whole = np.full(10, (1 - classifier_sure) / 9, dtype=np.float32)
+    whole[9] = classifier_sure
+    classes = np.full(10, (1 - reader_sure) / 9, dtype=np.float32)
+    classes[4] = reader_sure
+    reading = recognize.linereader.LineReading(
+        digits=[(4, reader_sure, 0, 30)], confidence=reader_sure, classes=[classes]
+    )
+    blob = preprocess.Digit(
+        image=np.zeros((28, 28), np.float32), box=(0, 0, 30, 40), ink=np.ones((40, 30), np.float32)
+    )
+    found = recognize._line_results(blob, reading, whole)
+    if reader_sure > classifier_sure:
+        assert [(d.digit, d.confidence) for d in found] == [(4, pytest.approx(reader_sure))]
+    else:
+        assert found is None  # the classifier's 9 stands
