@@ -106,8 +106,10 @@ MIN_CONTRAST = 0.3
 # POLARITY_SLACK (gray levels) do not vote on it.
 POLARITY_SIZE = 128
 POLARITY_SLACK = 0.04
-# Differences from the paper below this many standard deviations of its noise are noise.
+# Differences from the paper below this many standard deviations of its noise are noise; the
+# noise is measured on about NOISE_SAMPLE pixels spread over the picture.
 NOISE_SIGMAS = 4.0
+NOISE_SAMPLE = 5_000
 # Lowest threshold on the ink map for the connected components: Otsu on a nearly blank page would
 # otherwise split the noise in two.
 MIN_INK_THRESHOLD = 0.3
@@ -842,7 +844,7 @@ def _paper_difference(gray: np.ndarray) -> tuple[np.ndarray, float]:
     smooth = _blur(gray)
     detail = _thumbnail(smooth, POLARITY_SIZE)
     thumb = _thumbnail(detail, BACKGROUND_SIZE)
-    dark_ink = _dark_ink(detail)
+    dark_ink = _dark_ink(detail, thumb)
     # The paper under the ink, as seen with the ink bright: dark ink is flipped for the estimate
     # and the paper flipped back, so the full image is never flipped.
     paper = 1.0 - _background(1.0 - thumb) if dark_ink else _background(thumb)
@@ -875,17 +877,20 @@ def _thumbnail(smooth: np.ndarray, side: int) -> np.ndarray:
     return cv2.resize(smooth, size, interpolation=cv2.INTER_AREA)
 
 
-def _dark_ink(thumb: np.ndarray) -> bool:
-    """Whether the ink is darker than the paper, from a thumbnail.
+def _dark_ink(detail: np.ndarray, thumb: np.ndarray) -> bool:
+    """Whether the ink is darker than the paper, from a thumbnail (``detail``) and a smaller
+    one of it (``thumb``).
 
     The darkest and lightest departures from the local paper are compared. The paper here is a
     large median, which ignores strokes (a minority of any window) yet follows gradients and
-    shadow edges, so on a photo the lit side of the page does not pass for ink.
+    shadow edges, so on a photo the lit side of the page does not pass for ink; it is as
+    smooth as the lighting, so it is taken on the smaller thumbnail and enlarged.
     """
     thumb_bytes = np.clip(thumb * 255.0 + 0.5, 0, 255).astype(np.uint8)
     median_side = max(3, (max(thumb.shape) // 2) | 1)
     paper = cv2.medianBlur(thumb_bytes, median_side).astype(np.float32) / 255.0
-    departure = thumb - paper
+    paper = cv2.resize(paper, detail.shape[::-1], interpolation=cv2.INTER_LINEAR)
+    departure = detail - paper
     # Sums rather than extremes: where strokes crowd a window (a huge bold digit) the median
     # mistakes a small patch of paper for ink, but the strokes themselves still outweigh it.
     # Squared, so that a few strong departures (small digits far away) outweigh the many
@@ -917,7 +922,7 @@ def _background(thumb: np.ndarray) -> np.ndarray:
 def _noise_floor(difference: np.ndarray) -> float:
     """The level below which a difference from the paper is noise, from a subsample: median
     and median absolute deviation ignore the ink."""
-    step = max(1, int(np.sqrt(difference.size / 20_000)))
+    step = max(1, int(np.sqrt(difference.size / NOISE_SAMPLE)))
     sample = difference[::step, ::step]
     centre = float(np.median(sample))
     noise = 1.4826 * float(np.median(np.abs(sample - centre)))
