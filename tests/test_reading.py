@@ -219,3 +219,38 @@ def test_the_surer_of_the_two_models_reads_a_lone_digit(reader_sure, classifier_
         assert [(d.digit, d.confidence) for d in found] == [(4, pytest.approx(reader_sure))]
     else:
         assert found is None  # the classifier's 9 stands
+
+
+def test_two_parted_blobs_join_where_they_lay():
+    # Two blobs found 4 working px apart at twice the original scale, the second lower by 2.
+    first = preprocess.Digit(
+        image=np.zeros((28, 28), np.float32),
+        box=(10, 20, 5, 10),
+        ink=np.ones((20, 10), np.float32),
+        scale=2.0,
+    )
+    second = preprocess.Digit(
+        image=np.zeros((28, 28), np.float32),
+        box=(17, 21, 4, 10),
+        ink=np.full((20, 8), 0.5, np.float32),
+        scale=2.0,
+    )
+    both = segment.joined(first, second)
+    assert both.box == (10, 20, 11, 11)
+    assert both.ink.shape == (22, 22)  # rows 40..62 and columns 20..42 in working pixels
+    assert both.ink[:20, :10].min() == 1.0 and both.ink[2:, 14:].min() == 0.5
+    assert both.ink[:, 10:14].max() == 0.0 and both.ink[:2, 14:].max() == 0.0
+
+
+@pytest.mark.parametrize(
+    ("gap", "sure", "parted"), [(1, 0.5, True), (1, 0.99, False), (6, 0.5, False)]
+)
+def test_blobs_nearly_touching_and_read_unsure_may_be_one_string(gap, sure, parted):
+    blobs = [
+        preprocess.Digit(np.zeros((28, 28), np.float32), (x, 0, 20, 30), ink=np.ones((30, 20)))
+        for x in (0, 20 + gap)
+    ]
+    whole = np.array([[sure] + [(1 - sure) / 9] * 9] * 2)
+    readings = [[digit(0, 0)], [digit(0, 20 + gap)]]
+    # JOIN_GAP of the 30 px height is 3 px.
+    assert recognize._may_be_parted(blobs[0], blobs[1], whole, readings, 0) == parted

@@ -40,6 +40,10 @@ LINE_SURE_NARROW = 0.9
 LINE_ASPECT = 0.9
 SURE_WHOLE = 0.99
 WIDE_ASPECT = 1.2
+# Two neighbouring blobs of a line at most this fraction of their height apart, one of them read
+# as touching digits or unsure, are read again as one by the line reader: cutting out a page
+# can part a string of touching digits in two (a stroke detached from its digit).
+JOIN_GAP = 0.1
 # Below this confidence of the classifier, a blob is read by the line reader too: a 1 touching
 # a 4 is as narrow as one digit, but the classifier is unsure of it.
 UNSURE_BELOW = 0.9
@@ -420,10 +424,12 @@ class Recognizer:
         digits = [digit for page_digits in found for digit in page_digits]
         whole = self._read([digit.image for digit in digits])
         read_as_line = self._read_as_lines(digits, whole)
-        readings = iter(
+        readings = [
             line or [_digit_result(digit.image, digit.box, probs, digit.line, _rejectable(digit))]
             for digit, probs, line in zip(digits, whole, read_as_line, strict=True)
-        )
+        ]
+        page_of = [index for index, page_digits in enumerate(found) for _ in page_digits]
+        readings = iter(self._join_parted(digits, page_of, whole, readings))
         results = []
         for image, page in zip(images, pages, strict=True):
             name = "<bytes>" if isinstance(image, bytes | bytearray) else str(image)
@@ -439,6 +445,40 @@ class Recognizer:
 
     def _read(self, crops: list[np.ndarray]) -> np.ndarray:
         return self.probabilities(np.stack(crops) if crops else np.zeros((0, 28, 28), np.float32))
+
+    def _join_parted(
+        self,
+        digits: list[preprocess.Digit],
+        page_of: list[int],
+        whole: np.ndarray,
+        readings: list[list[DigitResult]],
+    ) -> list[list[DigitResult]]:
+        """The readings, where two neighbouring blobs read as one by the line reader (one call
+        for all pairs) read more surely than apart: the pair's digits on the first of the two,
+        nothing on the second."""
+        pairs = [
+            index
+            for index in range(len(digits) - 1)
+            if page_of[index] == page_of[index + 1]
+            and _may_be_parted(digits[index], digits[index + 1], whole, readings, index)
+        ]
+        if self.line_reader is None or not pairs:
+            return readings
+        both = [segment.joined(digits[index], digits[index + 1]) for index in pairs]
+        found = self.line_reader.read([blob.ink for blob in both])
+        readings = list(readings)
+        taken = -1
+        for index, blob, reading in zip(pairs, both, found, strict=True):
+            apart = readings[index] + readings[index + 1]
+            sure_apart = float(np.prod([result.confidence for result in apart]))
+            if index <= taken or reading.confidence <= sure_apart:
+                continue
+            probs = np.maximum(whole[index], whole[index + 1])
+            results = _line_results(blob, reading, probs)
+            if results is not None and len(results) >= 2:
+                readings[index], readings[index + 1] = results, []
+                taken = index + 1
+        return readings
 
     def _read_as_lines(
         self, digits: list[preprocess.Digit], whole: np.ndarray
@@ -457,6 +497,24 @@ class Recognizer:
         for index, reading in zip(chosen, readings, strict=True):
             found[index] = _line_results(digits[index], reading, whole[index])
         return found
+
+
+def _may_be_parted(
+    first: preprocess.Digit,
+    second: preprocess.Digit,
+    whole: np.ndarray,
+    readings: list[list[DigitResult]],
+    index: int,
+) -> bool:
+    """Whether blob ``index`` and the next may be one string of touching digits parted in two:
+    on one line, nearly touching, and one of them read as several digits or unsure."""
+    if first.line != second.line or first.ink is None or second.ink is None:
+        return False
+    gap = second.box[0] - (first.box[0] + first.box[2])
+    if gap > JOIN_GAP * max(first.box[3], second.box[3]):
+        return False
+    several = len(readings[index]) > 1 or len(readings[index + 1]) > 1
+    return several or min(whole[index].max(), whole[index + 1].max()) < UNSURE_BELOW
 
 
 def _may_be_touching(digit: preprocess.Digit, confidence: float) -> bool:

@@ -80,3 +80,31 @@ def piece(digit: Digit, span: Span) -> tuple[np.ndarray, tuple[int, int, int, in
         max(1, int(round((bottom - top) / scale))),
     )
     return to_mnist(ink, crop_box), box
+
+
+def joined(first: Digit, second: Digit) -> Digit:
+    """Two blobs of one line as one: their ink crops laid where they were found, on one crop
+    spanning both boxes (a string of touching digits that the page's cut-out parted in two)."""
+    scale = first.scale
+    corners = [(round(d.box[0] * scale), round(d.box[1] * scale)) for d in (first, second)]
+    left = min(x for x, _ in corners)
+    top = min(y for _, y in corners)
+    parts = list(zip(corners, (first.ink, second.ink), strict=True))
+    width = max(x + ink.shape[1] for (x, _), ink in parts) - left
+    height = max(y + ink.shape[0] for (_, y), ink in parts) - top
+    canvas = np.zeros((height, width), np.float32)
+    for (x, y), ink in parts:
+        region = canvas[y - top : y - top + ink.shape[0], x - left : x - left + ink.shape[1]]
+        np.maximum(region, ink[: region.shape[0], : region.shape[1]], out=region)
+    x = min(first.box[0], second.box[0])
+    y = min(first.box[1], second.box[1])
+    right = max(first.box[0] + first.box[2], second.box[0] + second.box[2])
+    bottom = max(first.box[1] + first.box[3], second.box[1] + second.box[3])
+    box = (x, y, right - x, bottom - y)
+    return Digit(
+        image=to_mnist(canvas, (0, 0, width, height)),
+        box=box,
+        line=first.line,
+        ink=canvas,
+        scale=scale,
+    )
