@@ -253,7 +253,7 @@ def test_pieces_in_one_narrow_cell_join(cell: int, joined: bool) -> None:
         structure[10:90, 20 + wall * cell] = 1.0
     pieces = [(25, 25, 10, 50), (40, 25, 12, 50), (25 + cell, 25, 20, 50)]
     groups = preprocess._merge_in_cells(pieces, structure, 50)
-    first = [preprocess._union(pieces[0], pieces[1])] if joined else pieces[:2]
+    first = [preprocess.union_box(pieces[0], pieces[1])] if joined else pieces[:2]
     assert groups == [*first, pieces[2]]
 
 

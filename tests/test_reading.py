@@ -253,4 +253,4 @@ def test_blobs_nearly_touching_and_read_unsure_may_be_one_string(gap, sure, part
     whole = np.array([[sure] + [(1 - sure) / 9] * 9] * 2)
     readings = [[digit(0, 0)], [digit(0, 20 + gap)]]
     # JOIN_GAP of the 30 px height is 3 px.
-    assert recognize._may_be_parted(blobs[0], blobs[1], whole, readings, 0) == parted
+    assert recognize._may_be_parted(blobs, whole, readings, 0) == parted

@@ -385,7 +385,7 @@ def _read_layout(
     for char, indices in marks:
         box = boxes[indices[0]]
         for index in indices[1:]:
-            box = _union(box, boxes[index])
+            box = union_box(box, boxes[index])
         if lines[indices[0]] in numbers:
             separators.append((char, box, numbers[lines[indices[0]]]))
     return digit_lines, sorted(separators, key=lambda mark: (mark[2], mark[1][0]))
@@ -881,8 +881,8 @@ def _thumbnail(smooth: np.ndarray, side: int) -> np.ndarray:
 
 
 def _dark_ink(detail: np.ndarray, thumb: np.ndarray) -> bool:
-    """Whether the ink is darker than the paper, from a thumbnail (``detail``) and a smaller
-    one of it (``thumb``).
+    """Whether the ink is darker than the paper, from two thumbnails of the picture: ``detail``
+    and the smaller ``thumb``.
 
     The darkest and lightest departures from the local paper are compared. The paper here is a
     large median, which ignores strokes (a minority of any window) yet follows gradients and
@@ -1146,7 +1146,7 @@ def _merge_overlapping(boxes: list[tuple[int, int, int, int]]) -> list[tuple[int
         result: list[tuple[int, int, int, int]] = []
         for box in groups:
             if result and _overlap_horizontally(result[-1], box):
-                result[-1] = _union(result[-1], box)
+                result[-1] = union_box(result[-1], box)
                 merged = True
             else:
                 result.append(box)
@@ -1172,7 +1172,7 @@ def _merge_in_cells(
         inside = 0 < cell < walls.size
         narrow = inside and walls[cell] - walls[cell - 1] <= layout.CELL_WIDTH * height
         if cell == previous and narrow:
-            joined[-1] = _union(joined[-1], box)
+            joined[-1] = union_box(joined[-1], box)
         else:
             joined.append(box)
     return joined
@@ -1184,7 +1184,8 @@ def _overlap_horizontally(first: tuple[int, ...], second: tuple[int, ...]) -> bo
     return overlap > 0 and overlap >= 0.5 * min(first[2], second[2])
 
 
-def _union(first: tuple[int, ...], second: tuple[int, ...]) -> tuple[int, int, int, int]:
+def union_box(first: tuple[int, ...], second: tuple[int, ...]) -> tuple[int, int, int, int]:
+    """The smallest (x, y, width, height) box that holds both boxes."""
     left = min(first[0], second[0])
     top = min(first[1], second[1])
     right = max(first[0] + first[2], second[0] + second[2])

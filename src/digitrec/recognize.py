@@ -456,13 +456,15 @@ class Recognizer:
         """The readings, where two neighbouring blobs read as one by the line reader (one call
         for all pairs) read more surely than apart: the pair's digits on the first of the two,
         nothing on the second."""
+        if self.line_reader is None:
+            return readings
         pairs = [
             index
             for index in range(len(digits) - 1)
             if page_of[index] == page_of[index + 1]
-            and _may_be_parted(digits[index], digits[index + 1], whole, readings, index)
+            and _may_be_parted(digits, whole, readings, index)
         ]
-        if self.line_reader is None or not pairs:
+        if not pairs:
             return readings
         both = [segment.joined(digits[index], digits[index + 1]) for index in pairs]
         found = self.line_reader.read([blob.ink for blob in both])
@@ -500,14 +502,14 @@ class Recognizer:
 
 
 def _may_be_parted(
-    first: preprocess.Digit,
-    second: preprocess.Digit,
+    digits: list[preprocess.Digit],
     whole: np.ndarray,
     readings: list[list[DigitResult]],
     index: int,
 ) -> bool:
     """Whether blob ``index`` and the next may be one string of touching digits parted in two:
     on one line, nearly touching, and one of them read as several digits or unsure."""
+    first, second = digits[index], digits[index + 1]
     if first.line != second.line or first.ink is None or second.ink is None:
         return False
     gap = second.box[0] - (first.box[0] + first.box[2])

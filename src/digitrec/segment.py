@@ -14,7 +14,8 @@ import itertools
 
 import numpy as np
 
-from digitrec.preprocess import Digit, to_mnist
+from digitrec.linereader import joined_ink
+from digitrec.preprocess import Digit, to_mnist, union_box
 
 # Narrowest piece, as a fraction of the blob's height: a 1 is thin, but not thinner.
 MIN_PIECE = 0.12
@@ -87,24 +88,11 @@ def joined(first: Digit, second: Digit) -> Digit:
     spanning both boxes (a string of touching digits that the page's cut-out parted in two)."""
     scale = first.scale
     corners = [(round(d.box[0] * scale), round(d.box[1] * scale)) for d in (first, second)]
-    left = min(x for x, _ in corners)
-    top = min(y for _, y in corners)
-    parts = list(zip(corners, (first.ink, second.ink), strict=True))
-    width = max(x + ink.shape[1] for (x, _), ink in parts) - left
-    height = max(y + ink.shape[0] for (_, y), ink in parts) - top
-    canvas = np.zeros((height, width), np.float32)
-    for (x, y), ink in parts:
-        region = canvas[y - top : y - top + ink.shape[0], x - left : x - left + ink.shape[1]]
-        np.maximum(region, ink[: region.shape[0], : region.shape[1]], out=region)
-    x = min(first.box[0], second.box[0])
-    y = min(first.box[1], second.box[1])
-    right = max(first.box[0] + first.box[2], second.box[0] + second.box[2])
-    bottom = max(first.box[1] + first.box[3], second.box[1] + second.box[3])
-    box = (x, y, right - x, bottom - y)
+    ink = joined_ink([first.ink, second.ink], corners)
     return Digit(
-        image=to_mnist(canvas, (0, 0, width, height)),
-        box=box,
+        image=to_mnist(ink, (0, 0, ink.shape[1], ink.shape[0])),
+        box=union_box(first.box, second.box),
         line=first.line,
-        ink=canvas,
+        ink=ink,
         scale=scale,
     )
