@@ -293,6 +293,30 @@ def test_sevens_bar_lying_on_a_ruling_survives(colour: tuple[int, int, int], off
     assert 140 <= x and x + width <= 205
 
 
+def test_flat_bases_on_a_faint_ruling_are_kept() -> None:
+    # Rules so faint that only the flat bases of two 2s written along one of them, with the
+    # faint rule between, make a run long enough to be looked at: that run is strokes, not a
+    # printed line, and the bases stay.
+    sheet = Sheet(240, 400)
+    rules, base, pen = range(30, 240, 38), 144, 5
+    sheet.print(
+        lambda canvas: [cv2.line(canvas, (0, y), (399, y), 255, 1, cv2.LINE_AA) for y in rules],
+        (200, 215, 240),
+    )
+    lefts = (120, 200)
+    for left in lefts:
+        curve = [(left, 110), (left + 12, 98), (left + 30, 100), (left + 34, 112)]
+        sheet.stroke([*curve, (left, base), (left + 44, base)], pen)
+    page = preprocess.extract_page(sheet.png())
+    assert len(page.digits) == len(lefts)
+    for digit, left in zip(page.digits, lefts, strict=True):
+        x, y, _, _ = digit.box
+        assert digit.ink is not None
+        # Every column of the base, away from its ends, keeps the stroke's thickness.
+        rows = digit.ink[base - pen - y : base + pen + 1 - y, left + 5 - x : left + 40 - x]
+        assert (rows > 0.5).sum(axis=0).min() >= pen - 1
+
+
 # --- text lines ----------------------------------------------------------------------------------
 
 

@@ -61,6 +61,10 @@ STRONGER_INK = 0.25
 # (a 0 leaning on a wall of its cell): a stretch of the wall shorter than this fraction of the
 # digit height between two such departures on one side is kept as the stroke.
 WALL_BRIDGE = 0.8
+# A printed line is there along its whole length, pen strokes over it only darken it: a run that
+# reaches half its level over less than this fraction of its own columns is a digit's flat
+# stroke (a 2's base) lying beside a ruling too faint to be seen, not a line.
+LINE_PRESENT = 0.6
 
 # Two digits share a text line when they overlap vertically by this fraction of the shorter.
 LINE_OVERLAP = 0.5
@@ -482,7 +486,8 @@ def _erase_lines(
         last = min(length, (x + width + extend) * factor)
         ink_columns = np.arange(first, last)
         centres = _along(ink_columns, search_columns, search_centres)
-        _erase_line(clean, removed, bands, ink_columns, centres, (reach, window), limits)
+        own = (ink_columns >= x * factor) & (ink_columns < (x + width) * factor)
+        _erase_line(clean, removed, bands, (ink_columns, own), centres, (reach, window), limits)
 
 
 def _column_medians(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -520,13 +525,14 @@ def _erase_line(
     clean: np.ndarray,
     removed: np.ndarray,
     bands: np.ndarray,
-    columns: np.ndarray,
+    columns_and_own: tuple[np.ndarray, np.ndarray],
     centres: np.ndarray,
     reach_and_window: tuple[int, int],
     limits: tuple[float, int],
 ) -> None:
     """Erase one roughly horizontal line, given its approximate centre row in each column
-    (found within ``window`` rows of it; the band looked at reaches ``reach`` rows).
+    (found within ``window`` rows of it; the band looked at reaches ``reach`` rows) and which
+    of the columns the line was found in (the others carry it on past its ends).
 
     The band around the line is straightened (one row per offset from the centre) and the
     line's rows read from it. A column is erased only where no ink runs on past the line's
@@ -535,6 +541,7 @@ def _erase_line(
     """
     reach, window = reach_and_window
     height_limit, bridge = limits
+    columns, own = columns_and_own
     centres = _refine_centres(clean, columns, centres, window)
     offsets = np.arange(-reach, reach + 1)
     rows = np.clip(np.round(centres).astype(np.intp)[None, :] + offsets[:, None], 0, None)
@@ -553,6 +560,8 @@ def _erase_line(
     touched_above, touched_below = (above >= touch).all(axis=0), (below >= touch).all(axis=0)
     line = band[top : bottom + 1].max(axis=0)
     present = line >= 0.5 * level
+    if present[own].mean() < LINE_PRESENT:
+        return
     erase = present & ~(touched_above | touched_below) & (line <= level + STRONGER_INK)
     if bridge > 0:
         erase &= ~_bridged(touched_above & ~touched_below, bridge)
