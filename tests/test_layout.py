@@ -197,6 +197,16 @@ def test_box_around_one_digit_is_removed() -> None:
     _assert_boxes(_digit_boxes(page), drawn)
 
 
+@pytest.mark.parametrize("bottom", [150, 162], ids=["inside", "touching-the-box"])
+def test_box_narrower_than_tall_around_one_digit_is_removed(bottom: int) -> None:
+    # A form's single box, taller than wide, the digit in it alone or standing on its side.
+    sheet = Sheet(240, 240)
+    drawn = [sheet.write(3, 108, bottom, height=60)]
+    sheet.print(lambda canvas: cv2.rectangle(canvas, (100, 78), (154, 162), 255, 2), PRINT)
+    page = preprocess.extract_page(sheet.png())
+    _assert_boxes(_digit_boxes(page), drawn)
+
+
 def test_comb_field_of_four_boxes_gives_four_digits() -> None:
     sheet = Sheet(220, 420)
     cell, top, left = 66, 60, 70

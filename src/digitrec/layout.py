@@ -134,7 +134,8 @@ def _find_structure(search: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, 
     nothing to erase."""
     horizontal = _thin_runs(search, _candidate_length(search.shape[1]))
     blobs = _outer_boxes(search)
-    enclosed = _encloses_or_underlines(blobs)
+    # Outer blobs only: a digit inside a box is no blob of its own, the box frames it.
+    enclosed = _encloses_or_underlines(blobs) or _framed(search, blobs)
     # Vertical lines are erased where they meet a horizontal one, or where one runs alone from
     # the top of the page to the bottom: other pages need no search for them.
     spans = bool((cv2.dilate(search[:1], np.ones((1, 5), np.uint8)) & search[-1:]).any())
@@ -254,6 +255,20 @@ def _encloses_or_underlines(boxes: np.ndarray) -> bool:
         & (height[None, :] > 2 * height[:, None])
     )
     return bool(_contains(boxes).any() or under.any())
+
+
+def _framed(search: np.ndarray, blobs: np.ndarray) -> bool:
+    """Whether a blob's outer rows and columns are ink along FRAME_SIDE_FRACTION of them: it
+    may be a printed box with the digit it holds touching it."""
+    for x, y, width, height in blobs:
+        if width < 6 or height < 6:
+            continue
+        crop = search[y : y + height, x : x + width]
+        sides = (crop[:3].max(axis=0), crop[-3:].max(axis=0))
+        sides += (crop[:, :3].max(axis=1), crop[:, -3:].max(axis=1))
+        if min(side.mean() for side in sides) >= FRAME_SIDE_FRACTION:
+            return True
+    return False
 
 
 def _inside_digits(runs: np.ndarray, blobs: np.ndarray) -> bool:
@@ -424,10 +439,11 @@ def _frame_sides(search: np.ndarray, digit_height: float) -> tuple[np.ndarray, n
     _, labels, statistics, _ = cv2.connectedComponentsWithStats(search, connectivity=8)
     horizontal = np.zeros_like(search)
     vertical = np.zeros_like(search)
+    # A box holds a digit, which is seldom less than half as wide as tall.
     smallest = max(6.0, 0.8 * digit_height)
     for label in range(1, len(statistics)):
         x, y, width, height, _ = (int(value) for value in statistics[label])
-        if width < smallest or height < smallest:
+        if width < max(6.0, 0.5 * digit_height) or height < smallest:
             continue
         crop = (labels[y : y + height, x : x + width] == label).astype(np.uint8)
         across = _thin_runs(crop, _side_length(width))
