@@ -262,9 +262,61 @@ def test_pieces_in_one_narrow_cell_join(cell: int, joined: bool) -> None:
     for wall in range(3):
         structure[10:90, 20 + wall * cell] = 1.0
     pieces = [(25, 25, 10, 50), (40, 25, 12, 50), (25 + cell, 25, 20, 50)]
-    groups = preprocess._merge_in_cells(pieces, structure, 50)
+    groups, _ = preprocess._in_cells(pieces, pieces, structure)
     first = [preprocess.union_box(pieces[0], pieces[1])] if joined else pieces[:2]
     assert groups == [*first, pieces[2]]
+
+
+@pytest.mark.parametrize(
+    ("walls", "ends", "expected"),
+    [
+        # One wall missed inside the row: put back halfway.
+        ([43, 169, 232, 295], (50, 300), [43, 106, 169, 232, 295]),
+        # The first wall missed: the row carried on to its left end.
+        ([194, 304, 414, 524], (83, 500), [84, 194, 304, 414, 524]),
+        # Gaps that are no multiples of one cell, or too few walls: as they are.
+        ([40, 100, 190, 230], (40, 230), [40, 100, 190, 230]),
+        ([40, 100], (0, 300), [40, 100]),
+    ],
+)
+def test_regular_walls_put_missed_walls_back(walls, ends, expected) -> None:
+    found = layout.regular_walls(np.array(walls, np.float64), *ends)
+    np.testing.assert_allclose(found, expected, atol=1.0)
+
+
+def test_thin_pieces_on_a_wall_are_no_digits() -> None:
+    # Digits 50 px tall in cells 60 px wide; a 3 px piece of a wall kept on the wall at 80,
+    # and a thin 1 in the middle of its cell, which stays.
+    walls = np.array([20.0, 80.0, 140.0, 200.0])
+    digits = [(35, 25, 30, 50), (79, 30, 3, 40), (108, 25, 5, 50), (155, 25, 30, 50)]
+    pieces = [*digits[:1], *digits[2:]]
+    assert preprocess._merge_in_cells(digits, walls, 50) == pieces
+
+
+def test_a_leaning_one_in_a_forms_box_is_a_digit_not_a_slash() -> None:
+    sheet = Sheet(220, 420)
+    cell, top, left = 66, 60, 70
+
+    def draw(canvas: np.ndarray) -> None:
+        cv2.rectangle(canvas, (left, top), (left + 4 * cell, top + cell), 255, 2)
+        for index in range(1, 4):
+            cv2.line(canvas, (left + index * cell, top), (left + index * cell, top + cell), 255, 2)
+
+    sheet.print(draw, PRINT)
+    bottom = top + cell - 9
+    drawn = [
+        sheet.write(digit, left + index * cell + 18, bottom, seed=index)
+        for index, digit in zip((0, 2, 3), [3, 0, 9], strict=True)
+    ]
+    # One straight stroke leaning 25 degrees in the second box: on a plain page between
+    # digits it would be a slash.
+    x = left + cell + 33
+    sheet.stroke([(x - 11, bottom), (x + 11, bottom - 47)], 4)
+    page = preprocess.extract_page(sheet.png())
+    assert page.separators == []
+    assert len(page.digits) == 4
+    assert all(digit.in_box for digit in page.digits)
+    _assert_boxes([_digit_boxes(page)[index] for index in (0, 2, 3)], drawn)
 
 
 def test_circle_around_a_digit_is_removed() -> None:

@@ -221,6 +221,29 @@ def test_the_surer_of_the_two_models_reads_a_lone_digit(reader_sure, classifier_
         assert found is None  # the classifier's 9 stands
 
 
+@pytest.mark.parametrize("in_box", [False, True])
+def test_a_blob_in_one_box_of_a_form_is_one_digit(in_box):
+    # The line reader reads a 3 with a piece of its box's wall beside it as "13"; in a form's
+    # box, which holds one digit, the classifier's reading of the whole blob stands.
+    whole = np.full(10, 0.1 / 9, dtype=np.float32)
+    whole[3] = 0.9
+    classes = [np.eye(10, dtype=np.float32)[1], np.eye(10, dtype=np.float32)[3]]
+    reading = recognize.linereader.LineReading(
+        digits=[(1, 0.99, 0, 8), (3, 0.99, 9, 40)], confidence=0.98, classes=classes
+    )
+    blob = preprocess.Digit(
+        image=np.zeros((28, 28), np.float32),
+        box=(0, 0, 40, 40),
+        ink=np.ones((40, 40), np.float32),
+        in_box=in_box,
+    )
+    found = recognize._line_results(blob, reading, whole)
+    if in_box:
+        assert found is None
+    else:
+        assert [d.digit for d in found] == [1, 3]
+
+
 def test_two_parted_blobs_join_where_they_lay():
     # Two blobs found 4 working px apart at twice the original scale, the second lower by 2.
     first = preprocess.Digit(

@@ -91,6 +91,16 @@ SLASH_BEND = 0.015
 # digit heights wide, and pieces of a digit cut apart by erasing the walls then join again.
 WALL_FRACTION = 0.6
 CELL_WIDTH = 1.6
+# The gaps between the walls of a row of equal cells are whole multiples of the cell's width,
+# give or take this fraction of it (printing, a photo's perspective).
+PITCH_TOLERANCE = 0.1
+# A thin piece of ink (at most WALL_PIECE of the line's digit height wide) centred within
+# WALL_OFFSET of a cell's width of a wall is a piece of the wall kept where a stroke leant on it.
+WALL_PIECE = 0.15
+WALL_OFFSET = 0.06
+# Cells at least this many digit heights wide are a form's comb, one character in each box;
+# squared paper's are narrower, a digit written over two or three of them.
+COMB_PITCH = 0.8
 # A separator sits in a gap: it overlaps a digit horizontally by at most this fraction of its
 # own width, and lies at most this many digit heights from the nearest digit.
 GAP_OVERLAP = 0.3
@@ -698,6 +708,25 @@ def walls_across(structure: np.ndarray, top: int, bottom: int) -> np.ndarray:
         return np.zeros(0, dtype=np.float64)
     runs = np.split(columns, np.flatnonzero(np.diff(columns) > 1) + 1)
     return np.array([run.mean() for run in runs], dtype=np.float64)
+
+
+def regular_walls(walls: np.ndarray, left: float, right: float) -> np.ndarray:
+    """The walls of a row of equal cells (a comb field, a grid) with those that ``walls``
+    misses put back: where a stroke leaning on a wall kept most of it, or at an end of the
+    row. Three walls or more whose gaps are whole multiples of the smallest regular one set
+    the pitch; the row is filled in between and carried on to ``left`` and ``right``. Other
+    walls are returned as they are."""
+    if walls.size < 3:
+        return walls
+    gaps = np.diff(walls)
+    pitch = float(np.median(gaps[gaps < 1.5 * gaps.min()]))
+    steps = gaps / pitch
+    if pitch <= 0 or np.abs(steps - np.round(steps)).max() > PITCH_TOLERANCE:
+        return walls
+    pitch = float((walls[-1] - walls[0]) / np.round(steps).sum())
+    first = walls[0] - pitch * max(0.0, np.floor((walls[0] - left) / pitch + 0.5))
+    last = walls[-1] + pitch * max(0.0, np.floor((right - walls[-1]) / pitch + 0.5))
+    return np.linspace(first, last, round((last - first) / pitch) + 1)
 
 
 def _erase_enclosures(clean: np.ndarray, removed: np.ndarray, digit_height: float) -> None:

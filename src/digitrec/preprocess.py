@@ -141,6 +141,8 @@ class Digit:
     # can be cut apart from it without decoding the image again.
     ink: np.ndarray | None = None
     scale: float = 1.0  # working pixels per original pixel (box = crop box / scale)
+    # Written in a box of a form's comb field, which holds one digit.
+    in_box: bool = False
 
 
 @dataclass(frozen=True)
@@ -343,41 +345,50 @@ def find_digit_boxes(ink: np.ndarray) -> list[tuple[int, int, int, int]]:
     when they overlap horizontally (the hat of a 5, a broken 4); specks, separators and page
     edges are dropped. A blank page gives [].
     """
-    lines, _ = _read_layout(np.asarray(ink, dtype=np.float32))
+    lines = _read_layout(np.asarray(ink, dtype=np.float32)).lines
     return [box for boxes in lines for box in boxes]
+
+
+class _Layout(NamedTuple):
+    """The digit boxes of each text line (lines top to bottom, boxes left to right), the
+    separators as (character, box, line) in the same order, and the digit boxes that lie in
+    one box of a form's comb field, which holds one digit."""
+
+    lines: list[list[tuple[int, int, int, int]]]
+    marks: list[tuple[str, tuple[int, int, int, int], int]]
+    boxed: frozenset[tuple[int, int, int, int]] = frozenset()
 
 
 def _read_layout(
     ink: np.ndarray, ink_bytes: np.ndarray | None = None, structure: np.ndarray | None = None
-) -> tuple[list[list[tuple[int, int, int, int]]], list[tuple[str, tuple[int, int, int, int], int]]]:
-    """The digit boxes of each text line (lines top to bottom, boxes left to right) and the
-    separators as (character, box, line), in the same order; ``ink_bytes`` as for
-    `_ink_components`; ``structure``, the paper structure erased from ``ink``, if any."""
+) -> _Layout:
+    """The layout of the digits in ``ink``; ``ink_bytes`` as for `_ink_components`;
+    ``structure``, the paper structure erased from ``ink``, if any."""
     labels, components = _ink_components(ink, ink_bytes)
     minimum_side = max(2.0, MIN_SPECK_FRACTION * min(ink.shape))
     # A speck is small in both directions; a thin 1 is narrow but tall. Specks are kept until
     # the separators are read, since a decimal point is one.
     parts = [max(box[2], box[3]) >= minimum_side and area >= 4 for _, box, area in components]
     if not any(parts):
-        return [], []
+        return _Layout([], [])
     boxes = [box for _, box, _ in components]
     lines = layout.group_lines(boxes, MIN_HEIGHT_RATIO)
     marks = layout.find_separators(labels, components, lines, MIN_HEIGHT_RATIO)
     marked = {index for _, indices in marks for index in indices}
     digit_lines: list[list[tuple[int, int, int, int]]] = []
     numbers: dict[int, int] = {}
+    boxed: set[tuple[int, int, int, int]] = set()
     for line in sorted(set(lines)):
-        members = [
-            boxes[index]
-            for index, member_line in enumerate(lines)
-            if member_line == line and parts[index] and index not in marked
-        ]
-        groups = _merge_overlapping(members)
+        indices = [index for index, member in enumerate(lines) if member == line and parts[index]]
+        groups = _merge_overlapping([boxes[index] for index in indices if index not in marked])
         if not groups:
             continue
-        tallest = max(height for _, _, _, height in groups)
         if structure is not None:
-            groups = _merge_in_cells(groups, structure, tallest)
+            groups, in_box = _in_cells(groups, [boxes[index] for index in indices], structure)
+            if in_box is not None:  # a mark in a form's box is a digit there, no separator
+                marked.difference_update(indices)
+                boxed |= in_box
+        tallest = max(height for _, _, _, height in groups)
         groups = [box for box in groups if box[3] >= MIN_HEIGHT_RATIO * tallest]
         numbers[line] = len(digit_lines)
         digit_lines.append(sorted(groups, key=lambda box: box[0]))
@@ -386,9 +397,10 @@ def _read_layout(
         box = boxes[indices[0]]
         for index in indices[1:]:
             box = union_box(box, boxes[index])
-        if lines[indices[0]] in numbers:
+        if lines[indices[0]] in numbers and indices[0] in marked:
             separators.append((char, box, numbers[lines[indices[0]]]))
-    return digit_lines, sorted(separators, key=lambda mark: (mark[2], mark[1][0]))
+    marks_in_order = sorted(separators, key=lambda mark: (mark[2], mark[1][0]))
+    return _Layout(digit_lines, marks_in_order, frozenset(boxed))
 
 
 def _ink_components(
@@ -537,6 +549,7 @@ def extract_page(data: bytes, stages: dict[str, np.ndarray] | None = None) -> Pa
             line=line,
             ink=clean[max(box[1], 0) : box[1] + box[3], max(box[0], 0) : box[0] + box[2]].copy(),
             scale=scale,
+            in_box=box in reading.boxed,
         )
         for line, boxes in enumerate(reading.lines)
         for box in boxes
@@ -568,6 +581,7 @@ class _Reading(NamedTuple):
     structure: np.ndarray  # what was erased
     lines: list[list[tuple[int, int, int, int]]]  # digit boxes of each text line
     marks: list[tuple[str, tuple[int, int, int, int], int]]  # separators: char, box, line
+    boxed: frozenset[tuple[int, int, int, int]]  # digit boxes in one box of a form's comb
 
 
 def _read_at_stroke_scale(gray: np.ndarray, size: tuple[int, int], scale: float) -> _Reading:
@@ -597,10 +611,10 @@ def _read_ink(working: np.ndarray, ink: np.ndarray, scale: float) -> _Reading:
     clean, structure = layout.remove_structure(ink)
     # The components are found on the bytes of the ink map unless structure was erased from it.
     if clean is ink:
-        lines, marks = _read_layout(clean, _ink_bytes(ink))
+        found = _read_layout(clean, _ink_bytes(ink))
     else:
-        lines, marks = _read_layout(clean, None, structure)
-    return _Reading(scale, working, ink, clean, structure, lines, marks)
+        found = _read_layout(clean, None, structure)
+    return _Reading(scale, working, ink, clean, structure, *found)
 
 
 def _one_plain_digit(reading: _Reading) -> bool:
@@ -1154,19 +1168,56 @@ def _merge_overlapping(boxes: list[tuple[int, int, int, int]]) -> list[tuple[int
     return groups
 
 
-def _merge_in_cells(
-    groups: list[tuple[int, int, int, int]], structure: np.ndarray, height: int
-) -> list[tuple[int, int, int, int]]:
-    """Join the pieces of a line (sorted left to right) that lie in one cell of a form's comb
-    or a grid, a cell no wider than layout.CELL_WIDTH digit heights: erasing the cell's walls
-    cuts a digit that leans on them in two, and a cell holds one digit."""
+def _in_cells(
+    groups: list[tuple[int, int, int, int]],
+    every: list[tuple[int, int, int, int]],
+    structure: np.ndarray,
+) -> tuple[list[tuple[int, int, int, int]], set[tuple[int, int, int, int]] | None]:
+    """The digit boxes of a line (``groups``, left to right) once the cells of a form's comb
+    or a grid that the line crosses are known, and when the cells are a comb's, each wide
+    enough for one digit, the boxes that lie in one cell (else None). In a comb every piece
+    of ink in the line (``every``, separators' marks included) belongs to the digit of its
+    cell."""
     top = min(box[1] for box in groups)
     bottom = max(box[1] + box[3] for box in groups)
     walls = layout.walls_across(structure, top, bottom)
     if walls.size < 2:
+        return groups, None
+    left, right = groups[0][0], max(box[0] + box[2] for box in groups)
+    walls = layout.regular_walls(walls, left, right)
+    tallest = max(box[3] for box in groups)
+    pitch = float(np.median(np.diff(walls)))
+    if pitch < layout.COMB_PITCH * tallest:
+        return _merge_in_cells(groups, walls, tallest), None
+    groups = _merge_in_cells(_merge_overlapping(every), walls, tallest)
+    # Strokes pushed over a wall reach a little past it.
+    slack = max(3.0, layout.WALL_OFFSET * pitch)
+    boxed = set()
+    for box in groups:
+        cell = np.searchsorted(walls, box[0] + box[2] / 2)
+        one = 0 < cell < walls.size and walls[cell] - walls[cell - 1] < 1.5 * pitch
+        if one and walls[cell - 1] - slack <= box[0]:
+            if box[0] + box[2] <= walls[cell] + slack:
+                boxed.add(box)
+    return groups, boxed
+
+
+def _merge_in_cells(
+    groups: list[tuple[int, int, int, int]], walls: np.ndarray, height: int
+) -> list[tuple[int, int, int, int]]:
+    """Join the pieces of a line (sorted left to right) that lie in one cell between
+    ``walls``, a cell no wider than layout.CELL_WIDTH digit heights: erasing the cell's walls
+    cuts a digit that leans on them in two, and a cell holds one digit. Thin pieces of the
+    walls themselves, kept where a stroke leant on them, are left out."""
+    centres = np.array([box[0] + box[2] / 2 for box in groups])
+    pitch = float(np.median(np.diff(walls)))
+    nearest = np.abs(centres[:, None] - walls[None, :]).min(axis=1)
+    thin = np.array([box[2] for box in groups]) <= layout.WALL_PIECE * height
+    piece = thin & (nearest <= max(3.0, layout.WALL_OFFSET * pitch))
+    groups = [box for box, drop in zip(groups, piece, strict=True) if not drop]
+    if not groups:
         return groups
-    centres = [box[0] + box[2] / 2 for box in groups]
-    cells = np.searchsorted(walls, centres)
+    cells = np.searchsorted(walls, centres[~piece])
     joined = [groups[0]]
     for box, cell, previous in zip(groups[1:], cells[1:], cells[:-1], strict=True):
         inside = 0 < cell < walls.size

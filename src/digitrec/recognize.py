@@ -551,6 +551,8 @@ def _line_results(
     narrow = width < LINE_ASPECT * height
     if len(reading.digits) < 2 or (narrow and reading.confidence < LINE_SURE_NARROW):
         return None
+    if digit.in_box:  # one box of a form holds one digit, with a leftover of its wall
+        return None
     results = []
     for (_, _, left, right), classes in zip(reading.digits, reading.classes, strict=True):
         crop, box = segment.piece(digit, (left, right))
