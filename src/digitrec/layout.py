@@ -85,7 +85,7 @@ SLASH_HEIGHT = (0.6, 1.6)
 # length, where a quick straight stroke stays within it.
 SLASH_ANGLE = (14.0, 65.0)
 SLASH_THINNESS = 0.15
-SLASH_BEND = 0.015
+SLASH_BEND = 0.008
 # A vertical line of the erased structure is a wall between cells where it crosses this
 # fraction of a text line's height; a cell holds one digit when it is at most CELL_WIDTH
 # digit heights wide, and pieces of a digit cut apart by erasing the walls then join again.
