@@ -293,6 +293,31 @@ def test_thin_pieces_on_a_wall_are_no_digits() -> None:
     assert preprocess._merge_in_cells(digits, walls, 50) == pieces
 
 
+def test_a_one_reaching_the_top_and_bottom_of_its_box_is_no_wall() -> None:
+    # A tall upright 1 as long as a divider, in the middle of its box: off the comb's pitch.
+    sheet = Sheet(220, 420)
+    cell, top, left = 66, 60, 70
+
+    def draw(canvas: np.ndarray) -> None:
+        cv2.rectangle(canvas, (left, top), (left + 4 * cell, top + cell), 255, 2)
+        for index in range(1, 4):
+            cv2.line(canvas, (left + index * cell, top), (left + index * cell, top + cell), 255, 2)
+
+    sheet.print(draw, PRINT)
+    drawn = [
+        sheet.write(digit, left + index * cell + 18, top + cell - 9, seed=index)
+        for index, digit in zip((0, 2, 3), [3, 0, 9], strict=True)
+    ]
+    x = left + cell + cell // 2
+    sheet.stroke([(x, top + 2), (x, top + cell - 2)], 6)
+    page = preprocess.extract_page(sheet.png())
+    boxes = _digit_boxes(page)
+    assert len(boxes) == 4
+    _assert_boxes([boxes[index] for index in (0, 2, 3)], drawn)
+    one = boxes[1]
+    assert abs(one[0] + one[2] / 2 - x) <= 3 and one[3] >= cell - 12
+
+
 def test_a_leaning_one_in_a_forms_box_is_a_digit_not_a_slash() -> None:
     sheet = Sheet(220, 420)
     cell, top, left = 66, 60, 70

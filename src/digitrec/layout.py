@@ -101,6 +101,8 @@ WALL_OFFSET = 0.06
 # Cells at least this many digit heights wide are a form's comb, one character in each box;
 # squared paper's are narrower, a digit written over two or three of them.
 COMB_PITCH = 0.8
+# A box of a comb field is at least this fraction of its height wide.
+MIN_CELL_ASPECT = 0.5
 # A separator sits in a gap: it overlaps a digit horizontally by at most this fraction of its
 # own width, and lies at most this many digit heights from the nearest digit.
 GAP_OVERLAP = 0.3
@@ -457,7 +459,7 @@ def _frame_sides(search: np.ndarray, digit_height: float) -> tuple[np.ndarray, n
             continue
         crop = (labels[y : y + height, x : x + width] == label).astype(np.uint8)
         across = _thin_runs(crop, _side_length(width))
-        down = _thin_runs(np.ascontiguousarray(crop.T), _side_length(height)).T
+        down = _regular_dividers(_thin_runs(np.ascontiguousarray(crop.T), _side_length(height)).T)
         closed = across[:3].any() and across[-3:].any() and down[:, :3].any() and down[:, -3:].any()
         if not closed:
             continue
@@ -469,6 +471,33 @@ def _frame_sides(search: np.ndarray, digit_height: float) -> tuple[np.ndarray, n
         horizontal[y : y + height, x : x + width] |= across
         vertical[y : y + height, x : x + width] |= down
     return horizontal, vertical
+
+
+def _regular_dividers(down: np.ndarray) -> np.ndarray:
+    """A frame's vertical runs (a uint8 mask of its crop) less those off the regular pitch of
+    its cells: a comb field's boxes are equal, so a run between two dividers is a digit's
+    stroke (a 1 reaching the box's top and bottom), and so is a shorter run. Unchanged when
+    no pitch fits."""
+    height = down.shape[0]
+    count, labels, statistics, centroids = cv2.connectedComponentsWithStats(down, connectivity=8)
+    tall = np.flatnonzero(statistics[:, cv2.CC_STAT_HEIGHT] >= _side_length(height))
+    tall = tall[tall > 0]
+    if len(tall) < 3:
+        return down
+    centres = centroids[tall, 0]
+    left, right = centres.min(), centres.max()
+    best, on_pitch = 0, np.zeros(len(tall), bool)
+    for cells in range(1, len(tall)):
+        pitch = (right - left) / cells
+        if pitch < MIN_CELL_ASPECT * height:
+            break
+        offset = np.abs((centres - left) / pitch - np.round((centres - left) / pitch)) * pitch
+        matched = offset <= max(2.0, PITCH_TOLERANCE * pitch)
+        if matched.sum() > best:
+            best, on_pitch = int(matched.sum()), matched
+    if best == 0:
+        return down
+    return np.isin(labels, tall[on_pitch]).astype(np.uint8) & down
 
 
 def _side_length(side: int) -> int:
