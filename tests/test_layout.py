@@ -254,6 +254,21 @@ def test_a_zero_leaning_on_a_wall_of_its_box_keeps_its_side() -> None:
     assert page.digits[0].box[0] == pytest.approx(drawn[0][0], abs=4)
 
 
+@pytest.mark.parametrize("lying", [0.9, 0.2])
+def test_a_wall_is_kept_between_two_departures_only_where_a_stroke_lies_on_it(lying) -> None:
+    # A stroke leaves the wall on one side at columns 10 and 40. Along a 0's side lying on the
+    # wall there is ink just past the wall's edge most of the way; a 3 touching the wall with
+    # both bows turns away between them, leaving the bare wall.
+    leaving = np.zeros(60, bool)
+    leaving[[10, 40]] = True
+    along = np.zeros(60, bool)
+    along[11 : 11 + round(lying * 29)] = True
+    kept = layout._bridged(leaving, along, bridge=40)
+    assert kept[11:40].all() if lying > 0.5 else not kept.any()
+    # Departures further apart than the bridge are two strokes, whatever lies between.
+    assert not layout._bridged(leaving, np.ones(60, bool), bridge=20).any()
+
+
 @pytest.mark.parametrize(("cell", "joined"), [(60, True), (120, False)])
 def test_pieces_in_one_narrow_cell_join(cell: int, joined: bool) -> None:
     # Walls of a comb field erased from the page, `cell` px apart, digits 50 px tall; two

@@ -619,8 +619,11 @@ def _erase_line(
         return
     erase = present & ~(touched_above | touched_below) & (line <= level + STRONGER_INK)
     if bridge > 0:
-        erase &= ~_bridged(touched_above & ~touched_below, bridge)
-        erase &= ~_bridged(touched_below & ~touched_above, bridge)
+        # Ink just past the edge: where a stroke lies along the line, not the bare line.
+        lying_above = band[max(0, top - 1)] >= touch
+        lying_below = band[min(2 * reach, bottom + 1)] >= touch
+        erase &= ~_bridged(touched_above & ~touched_below, lying_above, bridge)
+        erase &= ~_bridged(touched_below & ~touched_above, lying_below, bridge)
     # The line's rows and two more each side, where its blurred edge lies.
     span = slice(max(0, top - 2), min(2 * reach + 1, bottom + 3))
     band_rows = rows[span][:, present]
@@ -635,13 +638,15 @@ def _erase_line(
     clean[erase_rows, erase_columns] = 0.0
 
 
-def _bridged(leaving: np.ndarray, bridge: int) -> np.ndarray:
-    """The columns between two columns of ``leaving`` at most ``bridge`` apart: where a stroke
-    that leaves the line on one side at both ends lies on the line."""
+def _bridged(leaving: np.ndarray, lying: np.ndarray, bridge: int) -> np.ndarray:
+    """The columns between two columns of ``leaving`` at most ``bridge`` apart, when ink lies
+    along the line on that side (``lying``) for most of the way: where a stroke that leaves
+    the line at both ends lies on it (a 0's side), not where a stroke touches the line twice
+    and turns away between (a 3's back)."""
     kept = np.zeros_like(leaving)
     ends = np.flatnonzero(leaving)
     for start, stop in zip(ends[:-1], ends[1:], strict=True):
-        if 1 < stop - start <= bridge:
+        if 1 < stop - start <= bridge and lying[start + 1 : stop].mean() >= 0.5:
             kept[start + 1 : stop] = True
     return kept
 
