@@ -39,18 +39,45 @@ def test_cuts_fall_in_the_thin_columns_between_touching_parts():
     assert all(path[0][0] == 0 and path[-1][1] == 90 for path in paths)
 
 
-def test_a_plain_digit_takes_the_fast_path():
-    def blob_of(width: int) -> preprocess.Digit:
-        return preprocess.Digit(np.zeros((28, 28)), (0, 0, width, 30), ink=np.ones((30, width)))
+def _blob_of(width: int) -> preprocess.Digit:
+    return preprocess.Digit(np.zeros((28, 28)), (0, 0, width, 30), ink=np.ones((30, width)))
 
-    narrow, square, wide = blob_of(20), blob_of(30), blob_of(60)
-    # A narrow digit read surely is never handed to the line reader, nor a round one read very
-    # surely; a square blob the classifier doubts (two touching digits are that wide), a wide
-    # one, and a narrow one read unsure are.
+
+def _sure_of(digit: int, confidence: float) -> np.ndarray:
+    probabilities = np.full(10, (1 - confidence) / 9, dtype=np.float32)
+    probabilities[digit] = confidence
+    return probabilities
+
+
+def test_a_plain_digit_takes_the_fast_path():
+    narrow, square, wide = _blob_of(20), _blob_of(30), _blob_of(60)
+    # A narrow digit read surely is never handed to the line reader; a blob wide enough for
+    # two touching digits is, and so is a narrow one read unsure.
     assert not recognize._may_be_touching(narrow, 0.95)
-    assert not recognize._may_be_touching(square, 0.999)
-    assert recognize._may_be_touching(square, 0.95) and recognize._may_be_touching(wide, 0.999)
+    assert recognize._may_be_touching(square, 0.999) and recognize._may_be_touching(wide, 0.999)
     assert recognize._may_be_touching(narrow, 0.5)
+    # The classifier's reading stands against a line reader not very sure of several digits
+    # for a narrow blob it is sure of and a square one it is very sure of (a round 0); not
+    # for a square one it doubts, nor for a wide one.
+    assert recognize._sure_whole(narrow, _sure_of(6, 0.95))
+    assert recognize._sure_whole(square, _sure_of(0, 0.999))
+    assert not recognize._sure_whole(square, _sure_of(0, 0.95))
+    assert not recognize._sure_whole(wide, _sure_of(0, 0.999))
+
+
+@pytest.mark.parametrize("reader_sure", [0.995, 0.98])
+def test_a_blob_read_surely_as_one_digit_splits_only_for_a_very_sure_line_reader(reader_sure):
+    # "16" whose 1 touches the 6: the classifier is sure of a 6, the line reader reads 1 and 6.
+    blob = _blob_of(26)
+    classes = [np.eye(10, dtype=np.float32)[1], np.eye(10, dtype=np.float32)[6]]
+    reading = recognize.linereader.LineReading(
+        digits=[(1, 1.0, 0, 8), (6, reader_sure, 9, 26)], confidence=reader_sure, classes=classes
+    )
+    found = recognize._line_results(blob, reading, _sure_of(6, 0.999))
+    if reader_sure >= recognize.SPLIT_SURE:
+        assert [d.digit for d in found] == [1, 6]
+    else:
+        assert found is None
 
 
 def digit(value: int, x: int, line: int = 0, not_digit: bool = False) -> DigitResult:

@@ -40,6 +40,11 @@ LINE_SURE_NARROW = 0.9
 LINE_ASPECT = 0.9
 SURE_WHOLE = 0.99
 WIDE_ASPECT = 1.2
+# The line reader reads every blob at least SPLIT_ASPECT as wide as tall, and a blob the
+# classifier is sure of is taken as the two or more digits the line reader reads in it when it
+# is at least SPLIT_SURE of them: a 1 touching a 6 ("16") reads as a sure 6 to the classifier.
+SPLIT_ASPECT = 0.8
+SPLIT_SURE = 0.99
 # Two neighbouring blobs of a line at most this fraction of their height apart, one of them read
 # as touching digits or unsure, are read again as one by the line reader: cutting out a page
 # can part a string of touching digits in two (a stroke detached from its digit).
@@ -520,15 +525,26 @@ def _may_be_parted(
 
 
 def _may_be_touching(digit: preprocess.Digit, confidence: float) -> bool:
-    """Whether the line reader should read a blob: one the classifier reads unsure, one about as
-    wide as tall that it is not quite sure of (two digits side by side, touching, are that
-    wide), and any wider one."""
+    """Whether the line reader should read a blob: one the classifier reads unsure, and one
+    wide enough to hold two touching digits (a 1 against another digit is barely wider than
+    that digit); `_sure_whole` says how sure it must then be."""
     if digit.ink is None:
         return False
     height, width = digit.ink.shape
-    if confidence < UNSURE_BELOW or width >= WIDE_ASPECT * height:
+    return confidence < UNSURE_BELOW or width >= SPLIT_ASPECT * height
+
+
+def _sure_whole(digit: preprocess.Digit, whole: np.ndarray) -> bool:
+    """Whether the classifier's reading of a blob stands unless the line reader is very sure
+    of several digits in it: the classifier is sure of it, and the blob is narrow for two
+    digits or the classifier is very sure (a round 0 is as wide as tall)."""
+    if digit.ink is None:
         return True
-    return width >= LINE_ASPECT * height and confidence < SURE_WHOLE
+    height, width = digit.ink.shape
+    confidence = float(whole.max())
+    if confidence < UNSURE_BELOW or width >= WIDE_ASPECT * height:
+        return False
+    return width < LINE_ASPECT * height or confidence >= SURE_WHOLE
 
 
 def _line_results(
@@ -538,6 +554,8 @@ def _line_results(
     at the frame where it fired most surely; the blob itself flagged not a digit when the
     classifier is unsure of it and the line reader sure it holds none; else None."""
     if reading.confidence < LINE_SURE:
+        return None
+    if _sure_whole(digit, whole) and (len(reading.digits) < 2 or reading.confidence < SPLIT_SURE):
         return None
     empty = not reading.digits and reading.confidence >= EMPTY_SURE
     if empty and whole.max() < UNSURE_BELOW and _rejectable(digit):
