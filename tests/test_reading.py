@@ -293,11 +293,15 @@ def test_two_parted_blobs_join_where_they_lay():
 
 
 @pytest.mark.parametrize(
-    ("gap", "sure", "parted"), [(1, 0.5, True), (1, 0.99, False), (6, 0.5, False)]
+    ("gap", "sure", "in_box", "parted"),
+    [(1, 0.5, False, True), (1, 0.99, False, False), (6, 0.5, False, False), (1, 0.5, True, False)],
 )
-def test_blobs_nearly_touching_and_read_unsure_may_be_one_string(gap, sure, parted):
+def test_blobs_nearly_touching_and_read_unsure_may_be_one_string(gap, sure, in_box, parted):
+    # Blobs in the boxes of a form's comb field are one digit each, however close.
     blobs = [
-        preprocess.Digit(np.zeros((28, 28), np.float32), (x, 0, 20, 30), ink=np.ones((30, 20)))
+        preprocess.Digit(
+            np.zeros((28, 28), np.float32), (x, 0, 20, 30), ink=np.ones((30, 20)), in_box=in_box
+        )
         for x in (0, 20 + gap)
     ]
     whole = np.array([[sure] + [(1 - sure) / 9] * 9] * 2)

@@ -517,6 +517,8 @@ def _may_be_parted(
     first, second = digits[index], digits[index + 1]
     if first.line != second.line or first.ink is None or second.ink is None:
         return False
+    if first.in_box and second.in_box:  # each in a box of a form's comb, one digit in each
+        return False
     gap = second.box[0] - (first.box[0] + first.box[2])
     if gap > JOIN_GAP * max(first.box[3], second.box[3]):
         return False
