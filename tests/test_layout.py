@@ -504,10 +504,12 @@ def test_specks_of_dirt_are_no_separators() -> None:
     assert page.separators == []
 
 
-def _stroke_between_digits(degrees: float, flag: bool, bow: float = 0.0) -> list[str]:
+def _stroke_between_digits(
+    degrees: float, flag: bool, bow: float = 0.0, pen: int = 4
+) -> list[str]:
     """The separators read in 4?7, where ? is a stroke as tall as the digits leaning right by
     ``degrees``, with a 1's flag at its top if ``flag``, its middle pushed ``bow`` px to the
-    left of the straight line."""
+    left of the straight line, drawn ``pen`` px wide."""
     sheet = Sheet(200, 320)
     drawn = [sheet.write(4, 80, 130, seed=4)]
     lean = HEIGHT * np.tan(np.radians(degrees))
@@ -515,7 +517,7 @@ def _stroke_between_digits(degrees: float, flag: bool, bow: float = 0.0) -> list
     top = (left + 2 + lean, 84)
     across = np.radians(degrees)
     middle = (left + 2 + lean / 2 - bow * np.cos(across), 106 - bow * np.sin(across))
-    sheet.stroke([(left + 2, 128), middle, top], 4)
+    sheet.stroke([(left + 2, 128), middle, top], pen)
     if flag:
         sheet.stroke([top, (top[0] - 9, top[1] + 8)], 4)
     sheet.write(7, left + round(lean) + 22, 130, seed=7)
@@ -533,9 +535,10 @@ def test_a_one_bowed_by_under_a_pixel_is_a_digit_not_a_slash() -> None:
     assert _stroke_between_digits(20, flag=False, bow=0.8) == []
 
 
-@pytest.mark.parametrize("degrees", [18, 30])
-def test_one_straight_leaning_stroke_is_a_slash(degrees: float) -> None:
-    assert _stroke_between_digits(degrees, flag=False) == ["/"]
+@pytest.mark.parametrize(("degrees", "pen"), [(18, 4), (30, 4), (18, 6)])
+def test_one_straight_leaning_stroke_is_a_slash(degrees: float, pen: int) -> None:
+    # A bold pen's slash leaning little fills a third of its narrow box.
+    assert _stroke_between_digits(degrees, flag=False, pen=pen) == ["/"]
 
 
 # --- results -------------------------------------------------------------------------------------

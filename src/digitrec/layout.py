@@ -64,7 +64,7 @@ WALL_BRIDGE = 0.8
 # A printed line is there along its whole length, pen strokes over it only darken it: a run that
 # reaches half its level over less than this fraction of its own columns is a digit's flat
 # stroke (a 2's base) lying beside a ruling too faint to be seen, not a line.
-LINE_PRESENT = 0.6
+LINE_PRESENT = 0.8
 
 # Two digits share a text line when they overlap vertically by this fraction of the shorter.
 LINE_OVERLAP = 0.5
@@ -86,6 +86,9 @@ SLASH_HEIGHT = (0.6, 1.6)
 SLASH_ANGLE = (14.0, 65.0)
 SLASH_THINNESS = 0.15
 SLASH_BEND = 0.008
+# A slash covers at most this fraction of its box: a bold pen's slash leaning only 15 degrees
+# has a narrow box, which its stroke fills over a third of.
+SLASH_COVER = 0.45
 # A vertical line of the erased structure is a wall between cells where it crosses this
 # fraction of a text line's height; a cell holds one digit when it is at most CELL_WIDTH
 # digit heights wide, and pieces of a digit cut apart by erasing the walls then join again.
@@ -1123,7 +1126,7 @@ def _is_slash(labels: np.ndarray, component: tuple[int, Box, int]) -> bool:
     label, (x, y, width, height), area = component
     # A thin diagonal stroke covers little of its box; a digit as wide, with its loops and
     # bars, covers more. A cheap test before the pixels are looked at.
-    if area > 0.3 * width * height:
+    if area > SLASH_COVER * width * height:
         return False
     rows, columns = np.nonzero(labels[y : y + height, x : x + width] == label)
     if rows.size < 3:
