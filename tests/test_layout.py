@@ -419,6 +419,26 @@ def test_flat_bases_on_a_faint_ruling_are_kept() -> None:
         assert (rows > 0.5).sum(axis=0).min() >= pen - 1
 
 
+@pytest.mark.parametrize(("rule", "erased"), [(0.1, False), (0.6, True)])
+def test_a_line_is_erased_only_where_it_runs_along_most_of_its_length(rule, erased) -> None:
+    # A rule at row 50 and, lying on it, two flat strokes 7 px thick over 70% of the columns
+    # where the line was found: with a faint rule (too faint to count as ink) that run is
+    # the strokes, which stay; with a rule as dark as ink, the rule goes.
+    ink = np.zeros((100, 200), np.float32)
+    ink[50, :] = rule
+    ink[47:54, 20:52] = 1.0
+    ink[47:54, 68:100] = 1.0
+    clean, removed, bands = ink.copy(), np.zeros_like(ink), np.zeros(ink.shape, bool)
+    columns = np.arange(200)
+    own = (columns >= 15) & (columns < 107)
+    centres = np.full(200, 50.0)
+    layout._erase_line(clean, removed, bands, (columns, own), centres, (12, 4), (20.0, 0))
+    if erased:
+        assert clean[50, 120:200].max() == 0.0 and removed[50, 120:200].min() == rule
+    else:
+        assert (clean == ink).all() and not removed.any()
+
+
 # --- text lines ----------------------------------------------------------------------------------
 
 
@@ -504,9 +524,7 @@ def test_specks_of_dirt_are_no_separators() -> None:
     assert page.separators == []
 
 
-def _stroke_between_digits(
-    degrees: float, flag: bool, bow: float = 0.0, pen: int = 4
-) -> list[str]:
+def _stroke_between_digits(degrees: float, flag: bool, bow: float = 0.0, pen: int = 4) -> list[str]:
     """The separators read in 4?7, where ? is a stroke as tall as the digits leaning right by
     ``degrees``, with a 1's flag at its top if ``flag``, its middle pushed ``bow`` px to the
     left of the straight line, drawn ``pen`` px wide."""
