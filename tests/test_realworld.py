@@ -119,6 +119,16 @@ def test_bench_realworld_kinds(mnist, data_cache, tiny_run, monkeypatch, tmp_pat
     assert code == 0
     report = json.loads(out.read_text())
     assert report["images"] == 4 and set(report["per_kind"]) == {"paper", "blank"}
+    assert report["seed"] == 0
+    # Another seed renders other files of the same kinds.
+    written = tmp_path / "files"
+    base = ["bench", "realworld", "--model", str(tiny_run.run_dir), "--per-kind", "2"]
+    base += ["--kinds", "paper", "--out", str(out)]
+    assert main([*base, "--write", str(written / "0")]) == 0
+    assert main([*base, "--seed", "1", "--write", str(written / "1")]) == 0
+    assert json.loads(out.read_text())["seed"] == 1
+    first, other = (sorted(p.read_bytes() for p in (written / s).iterdir()) for s in "01")
+    assert len(first) == len(other) == 2 and first != other
     assert main(["bench", "realworld", "--kinds", "paper,napkin"]) == 2
     assert "unknown: napkin" in capsys.readouterr().err
 

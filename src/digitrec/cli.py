@@ -754,6 +754,14 @@ def _bench_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cold-starts", type=int, default=5, help="infer: recognize runs to time")
     p.add_argument("--per-kind", type=int, default=100, help="realworld: files per kind")
     p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="realworld: render the set from this seed (default 0, the benchmark's own; any "
+        "other gives a fresh set of the same kinds, to check a change on files it was not "
+        "tuned on)",
+    )
+    p.add_argument(
         "--corrections",
         default="20,50,100",
         metavar="N,M",

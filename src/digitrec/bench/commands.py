@@ -120,12 +120,15 @@ def bench_realworld(args: argparse.Namespace) -> int:
         )
         return 2
     dataset = data.load("mnist", data_dir=args.data_dir)
-    items = realworld.make_set(dataset.test_images, dataset.test_labels, args.per_kind, kinds=kinds)
+    items = realworld.make_set(
+        dataset.test_images, dataset.test_labels, args.per_kind, args.seed, kinds
+    )
     if args.write:
         say(f"wrote {len(realworld.write_set(items, args.write))} files to {args.write}")
     recognizer = Recognizer.load(args.model)
     report = {
         "model": recognizer.card.command or args.model or "bundled",
+        "seed": args.seed,
         **realworld.score(recognizer, items),
     }
     _write(report, args.out or "bench-realworld.json", realworld.table(report))
