@@ -279,9 +279,10 @@ def _framed(search: np.ndarray, blobs: np.ndarray) -> bool:
         if width < 6 or height < 6:
             continue
         crop = search[y : y + height, x : x + width]
-        sides = (crop[:3].max(axis=0), crop[-3:].max(axis=0))
-        sides += (crop[:, :3].max(axis=1), crop[:, -3:].max(axis=1))
-        if min(side.mean() for side in sides) >= FRAME_SIDE_FRACTION:
+        # Side by side, so that a digit's blob is let go at its first side.
+        sides = ((slice(0, 3), 0), (slice(-3, None), 0))
+        sides += ((np.s_[:, :3], 1), (np.s_[:, -3:], 1))
+        if all(crop[edge].max(axis=axis).mean() >= FRAME_SIDE_FRACTION for edge, axis in sides):
             return True
     return False
 
