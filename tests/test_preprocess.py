@@ -410,3 +410,20 @@ def test_a_small_far_away_digit_beside_a_patch_of_light_is_dark_ink(glow: float)
     ink = preprocess.to_ink(gray)
     assert ink[198:212, 254:266].max() > 0.9
     assert ink[:150, :200].max() < 0.3  # the light is no ink
+
+
+@pytest.mark.parametrize("size", [1, 2, 7, 20_000, 20_001])
+def test_the_noise_floors_median_is_numpys(size):
+    # Half the values repeat, as a page's flat paper does, and both middles of an even count.
+    rng = np.random.default_rng(size)
+    values = rng.normal(0.02, 0.01, size).astype(np.float32)
+    values[: size // 2] = np.round(values[: size // 2], 3)
+    expected = float(np.median(values))
+    assert preprocess._median(values.copy()) == pytest.approx(expected, abs=1e-9)
+
+
+def test_the_noise_floor_leaves_the_difference_as_it_was():
+    difference = np.random.default_rng(0).normal(0.0, 0.05, (90, 120)).astype(np.float32)
+    before = difference.copy()
+    preprocess._noise_floor(difference)
+    assert np.array_equal(difference, before)

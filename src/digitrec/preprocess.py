@@ -940,10 +940,21 @@ def _noise_floor(difference: np.ndarray) -> float:
     """The level below which a difference from the paper is noise, from a subsample: median
     and median absolute deviation ignore the ink."""
     step = max(1, int(np.sqrt(difference.size / NOISE_SAMPLE)))
-    sample = difference[::step, ::step]
-    centre = float(np.median(sample))
-    noise = 1.4826 * float(np.median(np.abs(sample - centre)))
+    sample = np.array(difference[::step, ::step], dtype=np.float32).ravel()  # a copy
+    centre = _median(sample)
+    noise = 1.4826 * _median(np.abs(sample - np.float32(centre), out=sample))
     return max(centre + NOISE_SIGMAS * noise, 0.0)
+
+
+def _median(values: np.ndarray) -> float:
+    """The median of a flat float32 array of finite values, which it reorders: what
+    np.median gives, from one partition and without its checks, which cost eight times the
+    partition on a page's noise sample."""
+    half = values.size // 2
+    if values.size % 2:
+        return float(np.partition(values, half)[half])
+    values.partition((half - 1, half))
+    return float((values[half - 1] + values[half]) / np.float32(2))
 
 
 def too_large_message(size: int) -> str:
