@@ -103,6 +103,26 @@ def _digit_boxes(page: Page) -> list[Box]:
     return [digit.box for digit in page.digits]
 
 
+CELL, TOP, LEFT = 66, 60, 70  # a comb field's box side and its top left corner
+
+
+def _comb(sheet: Sheet, boxes: int, digits: dict[int, int]) -> list[Box]:
+    """Print a comb field of ``boxes`` boxes and write ``digits`` (box: digit) in them, each
+    near the middle of its box; return the digits' boxes."""
+
+    def draw(canvas: np.ndarray) -> None:
+        cv2.rectangle(canvas, (LEFT, TOP), (LEFT + boxes * CELL, TOP + CELL), 255, 2)
+        for index in range(1, boxes):
+            x = LEFT + index * CELL
+            cv2.line(canvas, (x, TOP), (x, TOP + CELL), 255, 2)
+
+    sheet.print(draw, PRINT)
+    return [
+        sheet.write(digit, LEFT + index * CELL + 18, TOP + CELL - 9, seed=index)
+        for index, digit in digits.items()
+    ]
+
+
 # --- paper structure -----------------------------------------------------------------------------
 
 
@@ -209,41 +229,18 @@ def test_box_narrower_than_tall_around_one_digit_is_removed(bottom: int) -> None
 
 def test_comb_field_of_four_boxes_gives_four_digits() -> None:
     sheet = Sheet(220, 420)
-    cell, top, left = 66, 60, 70
-
-    def draw(canvas: np.ndarray) -> None:
-        cv2.rectangle(canvas, (left, top), (left + 4 * cell, top + cell), 255, 2)
-        for index in range(1, 4):
-            x = left + index * cell
-            cv2.line(canvas, (x, top), (x, top + cell), 255, 2)
-
-    sheet.print(draw, PRINT)
-    drawn = [
-        sheet.write(digit, left + index * cell + 18, top + cell - 9, seed=index)
-        for index, digit in enumerate([3, 0, 7, 9])
-    ]
+    drawn = _comb(sheet, 4, {0: 3, 1: 0, 2: 7, 3: 9})
     page = preprocess.extract_page(sheet.png())
     _assert_boxes(_digit_boxes(page), drawn)
 
 
 def test_a_zero_leaning_on_a_wall_of_its_box_keeps_its_side() -> None:
     sheet = Sheet(220, 340)
-    cell, top, left = 66, 60, 70
-    wall = left + 2 * cell
-
-    def draw(canvas: np.ndarray) -> None:
-        cv2.rectangle(canvas, (left, top), (left + 3 * cell, top + cell), 255, 2)
-        for index in (1, 2):
-            cv2.line(canvas, (left + index * cell, top), (left + index * cell, top + cell), 255, 2)
-
-    sheet.print(draw, PRINT)
-    drawn = [
-        sheet.write(digit, left + index * cell + 18, top + cell - 9, seed=index)
-        for index, digit in ((0, 4), (2, 7))
-    ]
+    wall = LEFT + 2 * CELL
+    drawn = _comb(sheet, 3, {0: 4, 2: 7})
     # A 0 pressed against the wall: its right side runs down it for most of its height.
     angles = np.radians(np.arange(0, 361, 6))
-    centre = (wall - 14, top + cell / 2)
+    centre = (wall - 14, TOP + CELL / 2)
     outline = [(min(centre[0] + 20 * np.cos(a), wall), centre[1] + 24 * np.sin(a)) for a in angles]
     sheet.stroke(outline, 3)
     page = preprocess.extract_page(sheet.png())
@@ -311,46 +308,24 @@ def test_thin_pieces_on_a_wall_are_no_digits() -> None:
 def test_a_one_reaching_the_top_and_bottom_of_its_box_is_no_wall() -> None:
     # A tall upright 1 as long as a divider, in the middle of its box: off the comb's pitch.
     sheet = Sheet(220, 420)
-    cell, top, left = 66, 60, 70
-
-    def draw(canvas: np.ndarray) -> None:
-        cv2.rectangle(canvas, (left, top), (left + 4 * cell, top + cell), 255, 2)
-        for index in range(1, 4):
-            cv2.line(canvas, (left + index * cell, top), (left + index * cell, top + cell), 255, 2)
-
-    sheet.print(draw, PRINT)
-    drawn = [
-        sheet.write(digit, left + index * cell + 18, top + cell - 9, seed=index)
-        for index, digit in zip((0, 2, 3), [3, 0, 9], strict=True)
-    ]
-    x = left + cell + cell // 2
-    sheet.stroke([(x, top + 2), (x, top + cell - 2)], 6)
+    drawn = _comb(sheet, 4, {0: 3, 2: 0, 3: 9})
+    x = LEFT + CELL + CELL // 2
+    sheet.stroke([(x, TOP + 2), (x, TOP + CELL - 2)], 6)
     page = preprocess.extract_page(sheet.png())
     boxes = _digit_boxes(page)
     assert len(boxes) == 4
     _assert_boxes([boxes[index] for index in (0, 2, 3)], drawn)
     one = boxes[1]
-    assert abs(one[0] + one[2] / 2 - x) <= 3 and one[3] >= cell - 12
+    assert abs(one[0] + one[2] / 2 - x) <= 3 and one[3] >= CELL - 12
 
 
 def test_a_leaning_one_in_a_forms_box_is_a_digit_not_a_slash() -> None:
     sheet = Sheet(220, 420)
-    cell, top, left = 66, 60, 70
-
-    def draw(canvas: np.ndarray) -> None:
-        cv2.rectangle(canvas, (left, top), (left + 4 * cell, top + cell), 255, 2)
-        for index in range(1, 4):
-            cv2.line(canvas, (left + index * cell, top), (left + index * cell, top + cell), 255, 2)
-
-    sheet.print(draw, PRINT)
-    bottom = top + cell - 9
-    drawn = [
-        sheet.write(digit, left + index * cell + 18, bottom, seed=index)
-        for index, digit in zip((0, 2, 3), [3, 0, 9], strict=True)
-    ]
+    drawn = _comb(sheet, 4, {0: 3, 2: 0, 3: 9})
+    bottom = TOP + CELL - 9
     # One straight stroke leaning 25 degrees in the second box: on a plain page between
     # digits it would be a slash.
-    x = left + cell + 33
+    x = LEFT + CELL + 33
     sheet.stroke([(x - 11, bottom), (x + 11, bottom - 47)], 4)
     page = preprocess.extract_page(sheet.png())
     assert page.separators == []
