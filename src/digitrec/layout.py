@@ -751,9 +751,10 @@ def walls_across(structure: np.ndarray, top: int, bottom: int) -> np.ndarray:
 def regular_walls(walls: np.ndarray, left: float, right: float) -> np.ndarray:
     """The walls of a row of equal cells (a comb field, a grid) with those that ``walls``
     misses put back: where a stroke leaning on a wall kept most of it, or at an end of the
-    row. Three walls or more whose gaps are whole multiples of the smallest regular one set
-    the pitch; the row is filled in between and carried on to ``left`` and ``right``. Other
-    walls are returned as they are."""
+    row. Three walls or more whose gaps are whole multiples of one cell's width (the usual of
+    the narrowest gaps) set the pitch; the row is filled in between and carried on to ``left``
+    and ``right`` where ink reaches half a cell past its end. Other walls are returned as they
+    are."""
     if walls.size < 3:
         return walls
     gaps = np.diff(walls)
