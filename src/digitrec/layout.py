@@ -483,7 +483,7 @@ def _regular_dividers(down: np.ndarray) -> np.ndarray:
     stroke (a 1 reaching the box's top and bottom), and so is a shorter run. Unchanged when
     no pitch fits."""
     height = down.shape[0]
-    count, labels, statistics, centroids = cv2.connectedComponentsWithStats(down, connectivity=8)
+    _, labels, statistics, centroids = cv2.connectedComponentsWithStats(down, connectivity=8)
     tall = np.flatnonzero(statistics[:, cv2.CC_STAT_HEIGHT] >= _side_length(height))
     tall = tall[tall > 0]
     if len(tall) < 3:

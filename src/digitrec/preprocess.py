@@ -1215,20 +1215,24 @@ def _in_cells(
     left, right = groups[0][0], max(box[0] + box[2] for box in groups)
     walls = layout.regular_walls(walls, left, right)
     tallest = max(box[3] for box in groups)
-    pitch = float(np.median(np.diff(walls)))
+    pitch, slack = _pitch_and_slack(walls)
     if pitch < layout.COMB_PITCH * tallest:
         return _merge_in_cells(groups, walls, tallest), None
     groups = _merge_in_cells(_merge_overlapping(every), walls, tallest)
-    # Strokes pushed over a wall reach a little past it.
-    slack = max(3.0, layout.WALL_OFFSET * pitch)
     boxed = set()
     for box in groups:
         cell = np.searchsorted(walls, box[0] + box[2] / 2)
         one = 0 < cell < walls.size and walls[cell] - walls[cell - 1] < 1.5 * pitch
-        if one and walls[cell - 1] - slack <= box[0]:
-            if box[0] + box[2] <= walls[cell] + slack:
-                boxed.add(box)
+        if one and walls[cell - 1] - slack <= box[0] <= box[0] + box[2] <= walls[cell] + slack:
+            boxed.add(box)
     return groups, boxed
+
+
+def _pitch_and_slack(walls: np.ndarray) -> tuple[float, float]:
+    """The usual width of the cells between ``walls``, and how far past a wall a stroke pushed
+    over it, or a piece of the wall left by the erasure, may lie."""
+    pitch = float(np.median(np.diff(walls)))
+    return pitch, max(3.0, layout.WALL_OFFSET * pitch)
 
 
 def _merge_in_cells(
@@ -1239,10 +1243,9 @@ def _merge_in_cells(
     cuts a digit that leans on them in two, and a cell holds one digit. Thin pieces of the
     walls themselves, kept where a stroke leant on them, are left out."""
     centres = np.array([box[0] + box[2] / 2 for box in groups])
-    pitch = float(np.median(np.diff(walls)))
     nearest = np.abs(centres[:, None] - walls[None, :]).min(axis=1)
     thin = np.array([box[2] for box in groups]) <= layout.WALL_PIECE * height
-    piece = thin & (nearest <= max(3.0, layout.WALL_OFFSET * pitch))
+    piece = thin & (nearest <= _pitch_and_slack(walls)[1])
     groups = [box for box, drop in zip(groups, piece, strict=True) if not drop]
     if not groups:
         return groups
