@@ -106,17 +106,19 @@ def _digit_boxes(page: Page) -> list[Box]:
 CELL, TOP, LEFT = 66, 60, 70  # a comb field's box side and its top left corner
 
 
+def _comb_lines(canvas: np.ndarray, boxes: int) -> None:
+    """Draw a comb field of ``boxes`` boxes in 255 on ``canvas``."""
+    cv2.rectangle(canvas, (LEFT, TOP), (LEFT + boxes * CELL, TOP + CELL), 255, 2)
+    for index in range(1, boxes):
+        x = LEFT + index * CELL
+        cv2.line(canvas, (x, TOP), (x, TOP + CELL), 255, 2)
+
+
 def _comb(sheet: Sheet, boxes: int, digits: dict[int, int]) -> list[Box]:
     """Print a comb field of ``boxes`` boxes and write ``digits`` (box: digit) in them, each
     near the middle of its box; return the digits' boxes."""
 
-    def draw(canvas: np.ndarray) -> None:
-        cv2.rectangle(canvas, (LEFT, TOP), (LEFT + boxes * CELL, TOP + CELL), 255, 2)
-        for index in range(1, boxes):
-            x = LEFT + index * CELL
-            cv2.line(canvas, (x, TOP), (x, TOP + CELL), 255, 2)
-
-    sheet.print(draw, PRINT)
+    sheet.print(lambda canvas: _comb_lines(canvas, boxes), PRINT)
     return [
         sheet.write(digit, LEFT + index * CELL + 18, TOP + CELL - 9, seed=index)
         for index, digit in digits.items()
@@ -595,3 +597,24 @@ def test_a_slash_must_split_its_number_like_a_date_or_a_fraction(groups, kept):
             x += 20
     found = layout._date_like(slashes, digits, np.asarray(boxes, dtype=np.float64))
     assert found == (slashes if kept else [])
+
+
+def test_a_bar_just_under_a_boxs_top_takes_nothing_level_with_it_in_the_next_box() -> None:
+    # A 7's bar a few px under the comb's top line, in the second box; level with it in the
+    # first box, a 5's hat. Erased as a line of its own, the bar would be carried on past its
+    # ends and take the hat with it.
+    sheet = Sheet(220, 340)
+    right = LEFT + 2 * CELL
+    sheet.stroke(
+        [(LEFT + CELL + 12, TOP + 6), (right - 10, TOP + 6), (right - 30, TOP + CELL - 8)], 5
+    )
+    hat = TOP + 12
+    sheet.stroke([(LEFT + 24, hat), (LEFT + CELL - 10, hat)], 5)
+    sheet.stroke([(LEFT + 24, hat), (LEFT + 22, TOP + 34)], 5)
+    sheet.stroke([(LEFT + 22, TOP + 34), (LEFT + 44, TOP + 44), (LEFT + 20, TOP + CELL - 8)], 5)
+    sheet.print(lambda canvas: _comb_lines(canvas, 3), PRINT)
+    page = preprocess.extract_page(sheet.png())
+    assert len(page.digits) == 2
+    five, seven = page.digits
+    assert five.box[1] <= hat - 1 and five.box[0] + five.box[2] >= LEFT + CELL - 12, five.box
+    assert seven.box[1] <= TOP + 6, seven.box

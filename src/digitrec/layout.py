@@ -533,7 +533,10 @@ def _erase_lines(
     reach = int(np.ceil(factor + height_limit / 2)) + TOUCH_DISTANCE + 3
     # The centre from the search image is off by up to a search pixel.
     window = min(reach, factor + 3)
+    beside = _beside_longer(statistics)
     for label in range(1, count):
+        if beside[label]:
+            continue
         x, y, width, height, _ = (int(value) for value in statistics[label])
         present, centre = _column_medians(labels[y : y + height, x : x + width] == label)
         # The line's centre in each search column, then in each ink column.
@@ -547,6 +550,22 @@ def _erase_lines(
         centres = _along(ink_columns, search_columns, search_centres)
         own = (ink_columns >= x * factor) & (ink_columns < (x + width) * factor)
         _erase_line(clean, removed, bands, (ink_columns, own), centres, (reach, window), limits)
+
+
+def _beside_longer(statistics: np.ndarray) -> np.ndarray:
+    """Which runs (rows of connected-component statistics, the first the background) lie
+    beside a longer run, within its columns and at most TILT rows from it: a stroke lying just
+    off a line (a 7's bar under a box's top), which the line's own erasure deals with. Erased
+    as a line of its own, carried on past its ends, it would take what lies level with it (a
+    5's hat in the next box)."""
+    x, y, width, height = (statistics[:, index].astype(np.int64) for index in range(4))
+    right, bottom = x + width, y + height
+    within = (x[:, None] >= x[None, :]) & (right[:, None] <= right[None, :])
+    near = (y[:, None] <= bottom[None, :] + TILT) & (bottom[:, None] + TILT >= y[None, :])
+    longer = width[:, None] < width[None, :]
+    beside = (within & near & longer)[:, 1:].any(axis=1)
+    beside[0] = False
+    return beside
 
 
 def _column_medians(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
