@@ -533,7 +533,7 @@ def _erase_lines(
     reach = int(np.ceil(factor + height_limit / 2)) + TOUCH_DISTANCE + 3
     # The centre from the search image is off by up to a search pixel.
     window = min(reach, factor + 3)
-    beside = _beside_longer(statistics)
+    beside = _beside_longer(labels, statistics)
     for label in range(1, count):
         if beside[label]:
             continue
@@ -552,20 +552,40 @@ def _erase_lines(
         _erase_line(clean, removed, bands, (ink_columns, own), centres, (reach, window), limits)
 
 
-def _beside_longer(statistics: np.ndarray) -> np.ndarray:
-    """Which runs (rows of connected-component statistics, the first the background) lie
-    beside a longer run, within its columns and at most TILT rows from it: a stroke lying just
-    off a line (a 7's bar under a box's top), which the line's own erasure deals with. Erased
-    as a line of its own, carried on past its ends, it would take what lies level with it (a
-    5's hat in the next box)."""
-    x, y, width, height = (statistics[:, index].astype(np.int64) for index in range(4))
+def _beside_longer(labels: np.ndarray, statistics: np.ndarray) -> np.ndarray:
+    """Which runs (labels of ``labels``, ``statistics`` their rows, the first the background)
+    lie beside a longer run, within its columns and, column by column, at most TILT rows off
+    its edge: a stroke lying just off a line (a 7's bar under a box's top), which the line's
+    own erasure deals with. Erased as a line of its own, carried on past its ends, it would
+    take what lies level with it (a 5's hat in the next box). The centres, not the boxes, are
+    compared: the boxes of a page's rules photographed askew overlap."""
+    x, y, width, height, area = (statistics[:, index].astype(np.int64) for index in range(5))
     right, bottom = x + width, y + height
     within = (x[:, None] >= x[None, :]) & (right[:, None] <= right[None, :])
     near = (y[:, None] <= bottom[None, :] + TILT) & (bottom[:, None] + TILT >= y[None, :])
-    longer = width[:, None] < width[None, :]
-    beside = (within & near & longer)[:, 1:].any(axis=1)
-    beside[0] = False
+    # A line's thickness, tilted or not.
+    thickness = area / np.maximum(width, 1)
+    pairs = within & near & (width[:, None] < width[None, :])
+    pairs[:, 0] = pairs[0, :] = False
+    beside = np.zeros(len(statistics), bool)
+    for label, other in zip(*np.nonzero(pairs), strict=True):
+        if beside[label]:
+            continue
+        own = _run_centre(labels, statistics, label)
+        along = _run_centre(labels, statistics, other)
+        offset = own[1] - np.interp(own[0], along[0], along[1])
+        reach = TILT + (thickness[label] + thickness[other]) / 2
+        beside[label] = np.abs(offset).max() <= reach
     return beside
+
+
+def _run_centre(
+    labels: np.ndarray, statistics: np.ndarray, label: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A run's columns and its centre row in each, in the coordinates of ``labels``."""
+    x, y, width, height = (int(value) for value in statistics[label, :4])
+    present, centre = _column_medians(labels[y : y + height, x : x + width] == label)
+    return present + x, centre + y
 
 
 def _column_medians(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
