@@ -3,6 +3,7 @@ small trained run that the training, recognition and CLI tests all read."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from pathlib import Path
 
@@ -33,6 +34,26 @@ def splits(mnist):
     from digitrec.data import make_splits
 
     return make_splits(mnist, DataConfig(subset=6000))
+
+
+@pytest.fixture
+def short_evaluations(monkeypatch):
+    """Commands run under it evaluate on the first 500 validation and 1,000 test digits: a test
+    of a command checks that it trains and writes, and the full sets only make it slower."""
+    from digitrec.data import Split
+
+    full = data.make_splits
+
+    def make_splits(*args, **kwargs):
+        splits = full(*args, **kwargs)
+        validation, test = splits.validation, splits.test
+        return dataclasses.replace(
+            splits,
+            validation=Split(validation.images[:500], validation.labels[:500]),
+            test=Split(test.images[:1000], test.labels[:1000]),
+        )
+
+    monkeypatch.setattr(data, "make_splits", make_splits)
 
 
 @pytest.fixture(scope="session")

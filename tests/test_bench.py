@@ -57,7 +57,9 @@ def test_time_to_reads_the_curve():
     assert bench.time_to(curve, 0.999) is None
 
 
-def test_benchmark_json_has_its_schema(mnist, data_cache, monkeypatch, tmp_path, capsys):
+def test_benchmark_json_has_its_schema(
+    mnist, data_cache, monkeypatch, tmp_path, capsys, short_evaluations
+):
     monkeypatch.setenv("XDG_CACHE_HOME", str(data_cache.parent))
     out, plot = tmp_path / "bench.json", tmp_path / "bench.png"
     code = main(
@@ -147,7 +149,9 @@ def test_on_a_gpu_fast_is_set_beside_the_record_and_the_cpu_targets_do_not_apply
     assert [t["met"] for t in bench.targets(report)] == [True]
 
 
-def test_the_ensemble_benchmarks_its_vote(mnist, data_cache, monkeypatch, tmp_path):
+def test_the_ensemble_benchmarks_its_vote(
+    mnist, data_cache, monkeypatch, tmp_path, short_evaluations
+):
     monkeypatch.setenv("XDG_CACHE_HOME", str(data_cache.parent))
     out = tmp_path / "bench.json"
     code = main(

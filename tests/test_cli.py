@@ -163,7 +163,7 @@ def test_evaluate_json_reports_three_splits_and_a_verdict(
     "name", ["mlp", "cnn", "fastcnn", "wide", "kernelnet", "pytorch-example", "keras-convnet"]
 )
 def test_every_registered_model_trains_through_the_model_option(
-    name, mnist, data_cache, monkeypatch, tmp_path, capsys
+    name, mnist, data_cache, monkeypatch, tmp_path, capsys, short_evaluations
 ):
     from safetensors import safe_open
 
