@@ -618,3 +618,19 @@ def test_a_bar_just_under_a_boxs_top_takes_nothing_level_with_it_in_the_next_box
     five, seven = page.digits
     assert five.box[1] <= hat - 1 and five.box[0] + five.box[2] >= LEFT + CELL - 12, five.box
     assert seven.box[1] <= TOP + 6, seven.box
+
+
+@pytest.mark.parametrize("offset, joined", [(4, True), (30, False)])
+def test_a_sliver_just_beside_a_digit_is_part_of_it(offset: int, joined: bool) -> None:
+    # A short thin stroke 2 px right of a 2 (its tail parted by a thin pen) joins the 2; the
+    # same stroke far from any digit stays a mark of its own.
+    sheet = Sheet(160, 260)
+    two, eight = _row(sheet, [2, 8], left=40, bottom=110, gap=40)
+    x = two[0] + two[2] + offset
+    sheet.stroke([(x, 110 - 14), (x, 110 - 2)], 3)
+    tail = (x - 2, 110 - 16, 5, 16)  # the stroke's ink, its round caps and blur included
+    found = _digit_boxes(preprocess.extract_page(sheet.png()))
+    if joined:
+        _assert_boxes(found, [preprocess.union_box(two, tail), eight])
+    else:
+        _assert_boxes(found, [two, tail, eight])

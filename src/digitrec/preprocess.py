@@ -122,6 +122,10 @@ EDGE_CONTACT_FRACTION = 0.5
 EDGE_MIN_FRACTION = 0.1
 # Groups shorter than this fraction of the tallest group are specks next to real digits.
 MIN_HEIGHT_RATIO = 0.3
+# A piece of a line under this share of its tallest digit, narrower than tall and within
+# SLIVER_GAP of the line's height beside one digit, is part of that digit (`_join_slivers`).
+SLIVER_HEIGHT = 0.4
+SLIVER_GAP = 0.05
 # MNIST strokes are about 2.5 px wide once the digit is scaled to the 20x20 box.
 TARGET_STROKE_WIDTH = 2.5
 # The stroke weights (gammas of the ink) and sizes a small blurred digit is also read at.
@@ -392,6 +396,7 @@ def _read_layout(
                 marked.difference_update(indices)
                 boxed |= in_box
         tallest = max(height for _, _, _, height in groups)
+        groups = _join_slivers(groups, tallest)
         groups = [box for box in groups if box[3] >= MIN_HEIGHT_RATIO * tallest]
         numbers[line] = len(digit_lines)
         digit_lines.append(sorted(groups, key=lambda box: box[0]))
@@ -1195,6 +1200,41 @@ def _merge_overlapping(boxes: list[tuple[int, int, int, int]]) -> list[tuple[int
                 result.append(box)
         groups = sorted(result)
     return groups
+
+
+def _join_slivers(
+    groups: list[tuple[int, int, int, int]], tallest: int
+) -> list[tuple[int, int, int, int]]:
+    """``groups`` (a line's digit boxes) with each sliver (a piece under SLIVER_HEIGHT of the
+    line's ``tallest`` digit and narrower than tall) that lies beside one digit, within
+    SLIVER_GAP of the line's height of its side and its middle within its rows, joined to that
+    digit: the tail of a 2 parted from its stroke by a thin pen read as a 1 of its own."""
+    reach = max(2.0, SLIVER_GAP * tallest)
+    whole = [box for box in groups if not _is_sliver(box, tallest)]
+    joined = list(whole)
+    for box in groups:
+        if not _is_sliver(box, tallest):
+            continue
+        beside = [
+            index
+            for index, digit in enumerate(whole)
+            if _gap_between(box, digit) <= reach
+            and digit[1] <= box[1] + box[3] / 2 <= digit[1] + digit[3]
+        ]
+        if len(beside) == 1:
+            joined[beside[0]] = union_box(joined[beside[0]], box)
+        else:
+            joined.append(box)
+    return sorted(joined)
+
+
+def _is_sliver(box: tuple[int, int, int, int], tallest: int) -> bool:
+    return box[3] < SLIVER_HEIGHT * tallest and box[2] < box[3]
+
+
+def _gap_between(first: tuple[int, ...], second: tuple[int, ...]) -> int:
+    """The columns between two boxes side by side (negative where they overlap)."""
+    return max(first[0], second[0]) - min(first[0] + first[2], second[0] + second[2])
 
 
 def _in_cells(
