@@ -533,15 +533,15 @@ def _erase_lines(
     reach = int(np.ceil(factor + height_limit / 2)) + TOUCH_DISTANCE + 3
     # The centre from the search image is off by up to a search pixel.
     window = min(reach, factor + 3)
-    beside = _beside_longer(labels, statistics)
+    runs = {label: _run_centre(labels, statistics, label) for label in range(1, count)}
+    beside = _beside_longer(statistics, runs)
     for label in range(1, count):
         if beside[label]:
             continue
-        x, y, width, height, _ = (int(value) for value in statistics[label])
-        present, centre = _column_medians(labels[y : y + height, x : x + width] == label)
+        x, _, width, _, _ = (int(value) for value in statistics[label])
         # The line's centre in each search column, then in each ink column.
-        search_columns = (present + x + 0.5) * factor - 0.5
-        search_centres = (centre + y + 0.5) * factor - 0.5
+        search_columns = (runs[label][0] + 0.5) * factor - 0.5
+        search_centres = (runs[label][1] + 0.5) * factor - 0.5
         # A tilted line's last stretch, shorter than a candidate run, is not in ``lines``: the
         # erasure goes on along the line's direction, and stops where its ink does.
         first = max(0, (x - extend) * factor)
@@ -552,13 +552,16 @@ def _erase_lines(
         _erase_line(clean, removed, bands, (ink_columns, own), centres, (reach, window), limits)
 
 
-def _beside_longer(labels: np.ndarray, statistics: np.ndarray) -> np.ndarray:
-    """Which runs (labels of ``labels``, ``statistics`` their rows, the first the background)
-    lie beside a longer run, within its columns and, column by column, at most TILT rows off
-    its edge: a stroke lying just off a line (a 7's bar under a box's top), which the line's
-    own erasure deals with. Erased as a line of its own, carried on past its ends, it would
-    take what lies level with it (a 5's hat in the next box). The centres, not the boxes, are
-    compared: the boxes of a page's rules photographed askew overlap."""
+def _beside_longer(
+    statistics: np.ndarray, runs: dict[int, tuple[np.ndarray, np.ndarray]]
+) -> np.ndarray:
+    """Which runs (rows of connected-component ``statistics``, the first the background;
+    ``runs``: each run's columns and centre rows, from `_run_centre`) lie beside a longer run,
+    within its columns and, column by column, at most TILT rows off its edge: a stroke lying
+    just off a line (a 7's bar under a box's top), which the line's own erasure deals with.
+    Erased as a line of its own, carried on past its ends, it would take what lies level with
+    it (a 5's hat in the next box). The centres, not the boxes, are compared: the boxes of a
+    page's rules photographed askew overlap."""
     x, y, width, height, area = (statistics[:, index].astype(np.int64) for index in range(5))
     right, bottom = x + width, y + height
     within = (x[:, None] >= x[None, :]) & (right[:, None] <= right[None, :])
@@ -571,9 +574,8 @@ def _beside_longer(labels: np.ndarray, statistics: np.ndarray) -> np.ndarray:
     for label, other in zip(*np.nonzero(pairs), strict=True):
         if beside[label]:
             continue
-        own = _run_centre(labels, statistics, label)
-        along = _run_centre(labels, statistics, other)
-        offset = own[1] - np.interp(own[0], along[0], along[1])
+        (columns, rows), along = runs[label], runs[other]
+        offset = rows - np.interp(columns, along[0], along[1])
         reach = TILT + (thickness[label] + thickness[other]) / 2
         beside[label] = np.abs(offset).max() <= reach
     return beside

@@ -1210,11 +1210,10 @@ def _join_slivers(
     SLIVER_GAP of the line's height of its side and its middle within its rows, joined to that
     digit: the tail of a 2 parted from its stroke by a thin pen read as a 1 of its own."""
     reach = max(2.0, SLIVER_GAP * tallest)
-    whole = [box for box in groups if not _is_sliver(box, tallest)]
+    slivers = [box[3] < SLIVER_HEIGHT * tallest and box[2] < box[3] for box in groups]
+    whole = [box for box, sliver in zip(groups, slivers, strict=True) if not sliver]
     joined = list(whole)
-    for box in groups:
-        if not _is_sliver(box, tallest):
-            continue
+    for box in (box for box, sliver in zip(groups, slivers, strict=True) if sliver):
         beside = [
             index
             for index, digit in enumerate(whole)
@@ -1226,10 +1225,6 @@ def _join_slivers(
         else:
             joined.append(box)
     return sorted(joined)
-
-
-def _is_sliver(box: tuple[int, int, int, int], tallest: int) -> bool:
-    return box[3] < SLIVER_HEIGHT * tallest and box[2] < box[3]
 
 
 def _gap_between(first: tuple[int, ...], second: tuple[int, ...]) -> int:
@@ -1302,7 +1297,7 @@ def _merge_in_cells(
 
 
 def _overlap_horizontally(first: tuple[int, ...], second: tuple[int, ...]) -> bool:
-    overlap = min(first[0] + first[2], second[0] + second[2]) - max(first[0], second[0])
+    overlap = -_gap_between(first, second)
     # Half the narrower width: slanted neighbours in a row touch a little and must stay apart.
     return overlap > 0 and overlap >= 0.5 * min(first[2], second[2])
 
