@@ -106,7 +106,8 @@ def test_a_record_keeps_the_image_and_the_crops_the_model_saw(store, recognizer,
 
 def test_eight_writers_at_once_lose_nothing(location, reading, seventy_two):
     threads, writes = 8, 25
-    start = threading.Barrier(threads)
+    # The timeout: a thread that fails before the barrier fails the test instead of hanging it.
+    start = threading.Barrier(threads, timeout=60)
 
     def write(thread: int) -> list[int]:
         # One store per thread as well as many connections per store: separate processes
@@ -124,6 +125,23 @@ def test_eight_writers_at_once_lose_nothing(location, reading, seventy_two):
         labels = sorted(record.label for record in reader.records(images=False))
         assert reader.count() == threads * writes
     assert labels == sorted(f"{t}-{i}" for t in range(threads) for i in range(writes))
+
+
+def test_threads_opening_a_new_sqlite_file_at_once_all_open_it(tmp_path):
+    # Switching a new file to WAL takes a lock SQLite does not wait for on its own; a few in a
+    # hundred new files opened by eight threads at once met it.
+    threads, files = 8, 100
+    for index in range(files):
+        path = tmp_path / f"{index}.db"
+        start = threading.Barrier(threads, timeout=60)
+
+        def open_store(_: int, path=path, start=start) -> int:
+            start.wait()
+            with FeedbackStore(path) as store:
+                return store.count()
+
+        with ThreadPoolExecutor(threads) as pool:
+            assert list(pool.map(open_store, range(threads))) == [0] * threads
 
 
 def test_a_reader_goes_on_while_writers_write(location, reading, seventy_two):

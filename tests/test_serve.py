@@ -356,7 +356,7 @@ def test_cors_only_when_asked_for(app):
 
 def test_32_concurrent_requests_share_one_model(app, seventy_two):
     clients = 32
-    start = threading.Barrier(clients)
+    start = threading.Barrier(clients, timeout=60)
     with serve_in_thread(app) as server, httpx.Client(timeout=30.0) as http:
         assert server.base_url.startswith("http://127.0.0.1:")
 

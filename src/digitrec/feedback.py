@@ -18,6 +18,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -314,11 +315,29 @@ def _connect_sqlite(path: str) -> Callable[[], Any]:
         )
         # WAL: readers and the one writer never wait for each other. NORMAL sync in WAL mode
         # keeps the file consistent; a power cut may lose only the last commits.
-        connection.execute("PRAGMA journal_mode=WAL")
+        _turn_on_wal(connection)
         connection.execute("PRAGMA synchronous=NORMAL")
         return connection
 
     return connect
+
+
+def _turn_on_wal(connection: sqlite3.Connection) -> None:
+    """WAL mode, waiting as a writer waits for another connection switching it at this moment.
+
+    SQLite answers "database is locked" at once, without its busy timeout, while another
+    connection holds the lock that the switch takes: several threads opening a new file together
+    meet exactly that.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if error.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+        time.sleep(0.005)
 
 
 def _connect_postgres(url: str) -> Callable[[], Any]:
