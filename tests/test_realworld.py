@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import cv2
 import numpy as np
 
 from digitrec import synth
@@ -97,6 +98,9 @@ def test_bench_realworld_writes_its_json(mnist, data_cache, tiny_run, monkeypatc
     assert report["images"] == len(synth.KINDS)
     assert set(report["per_kind"]) == set(synth.KINDS)
     assert len(list((tmp_path / "files").iterdir())) == len(synth.KINDS)
+    # The libraries that drew the files are named: another OpenCV draws other files.
+    assert cv2.__version__.startswith(".".join(report["libraries"]["opencv"].split(".")[:3]))
+    assert report["libraries"]["numpy"] == np.__version__
 
 
 def test_bench_realworld_kinds(mnist, data_cache, tiny_run, monkeypatch, tmp_path, capsys):

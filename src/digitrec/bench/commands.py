@@ -129,6 +129,7 @@ def bench_realworld(args: argparse.Namespace) -> int:
     report = {
         "model": recognizer.card.command or args.model or "bundled",
         "seed": args.seed,
+        "libraries": realworld.libraries(),
         **realworld.score(recognizer, items),
     }
     _write(report, args.out or "bench-realworld.json", realworld.table(report))

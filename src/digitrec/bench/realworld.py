@@ -4,7 +4,9 @@ MNIST's test digits are never trained on, so rendering them the way users hand d
 (paper, chalkboards, photos, canvases, rows of digits, every file format, blank pages, ruled and
 squared paper, forms, numbers with separators, several lines, marks that are not digits: see
 `synth.KINDS`) gives a labelled set unlike MNIST's own clean 28x28 crops. The set is
-deterministic for a seed, so two models are always compared on the same files.
+deterministic for a seed and the versions of the libraries that draw and encode it (the report
+names them: a new OpenCV draws its fonts a little differently), so two models are always
+compared on the same files.
 
 A recognizer is scored through each result's ``to_dict()``: its "text" (lines joined by "\n",
 separators kept), or "number" where it has no "text", must equal the label; on a page of marks
@@ -53,6 +55,25 @@ def make_set(
             )
             items.append(Item(kind, data, extension, label, kind in synth.NOT_DIGIT_KINDS))
     return items
+
+
+def libraries() -> dict[str, str]:
+    """The versions of what draws and encodes the set (numpy's generator, OpenCV, Pillow) and
+    of what runs the model: other versions give other files, or other readings of them."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name, package in (
+        ("numpy", "numpy"),
+        ("opencv", "opencv-python-headless"),
+        ("pillow", "pillow"),
+        ("onnxruntime", "onnxruntime"),
+    ):
+        try:
+            found[name] = version(package)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
 
 
 def write_set(items: Sequence[Item], folder: str | Path) -> list[Path]:
