@@ -3,6 +3,7 @@ must learn, ONNX against torch, and the bundled reader on touching digits it nev
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -57,7 +58,10 @@ def test_greedy_decoding_collapses_repeats_and_drops_blanks():
 def test_spans_tile_the_blob_in_reading_order():
     shape = (40, 50)  # 40 px tall: scale 0.7, 50 px -> 35 + 4 = 39 -> 40 input columns
     assert linereader.input_geometry(shape)[2] == 40
-    frames = _frames([BLANK, 3, 3, BLANK, 3, 5, 5, BLANK, BLANK, BLANK])  # 40 / STRIDE frames
+    # Ten steps of four columns, each step STRIDE-wide frames: 40 / STRIDE frames.
+    per_step = 4 // STRIDE
+    steps = [BLANK, 3, 3, BLANK, 3, 5, 5, BLANK, BLANK, BLANK]
+    frames = _frames([label for label in steps for _ in range(per_step)])
     reading = linereader.reading(frames, shape)
     assert reading.text == "224"
     assert reading.confidence == pytest.approx(0.9 * 0.9 * 0.9)
@@ -66,7 +70,7 @@ def test_spans_tile_the_blob_in_reading_order():
     assert lefts[0] == 0 and rights[-1] == shape[1]
     assert lefts[1:] == rights[:-1]  # each digit reaches half-way to the next
     assert all(left < right for left, right in zip(lefts, rights, strict=True))
-    # The first boundary lies half-way between frame 2's end and frame 4's start: frame 3.5,
+    # The first boundary lies half-way between step 2's end and step 4's start: step 3.5,
     # input column 14, ink column (14 - 2) / 0.7 = 17.
     assert rights[0] == 17
 
@@ -171,3 +175,14 @@ def test_train_reader_command_writes_a_reader_that_loads(tmp_path, data_cache, m
     onnx.write_bytes(bytes(data))
     with pytest.raises(ModelError, match="onnx_sha256"):
         linereader.LineReader.load(out)
+
+
+def test_a_reader_made_for_another_frame_width_is_refused(tmp_path):
+    # A reader whose frames span other columns would put every digit's box in the wrong place.
+    bundled = linereader.bundled_line_reader()
+    card = json.loads((bundled / linereader.CARD_FILE).read_text())
+    assert card["stride"] == STRIDE
+    (tmp_path / linereader.ONNX_FILE).write_bytes((bundled / linereader.ONNX_FILE).read_bytes())
+    (tmp_path / linereader.CARD_FILE).write_text(json.dumps({**card, "stride": 2 * STRIDE}))
+    with pytest.raises(ModelError, match="other inputs"):
+        linereader.LineReader.load(tmp_path)

@@ -33,9 +33,11 @@ MARGIN = 2
 # Wider blobs are squeezed to this many heights: five digits fit, and a page's long rule or a
 # scribble cannot make one input as wide as the page.
 MAX_ASPECT = 8
-# Input columns per output frame: the network halves the width twice.
-STRIDE = 4
-MIN_WIDTH = 4 * STRIDE
+# Input columns per output frame: the network halves the width once. A thin 1 overlapping its
+# neighbour spans a few columns; it needs frames of its own and a blank between it and a
+# repeat of the same digit, which a frame per four columns did not leave.
+STRIDE = 2
+MIN_WIDTH = 16
 BLANK = 0  # CTC's "no digit here" class; digit d is class d + 1
 NUM_CLASSES = 11
 # Pixels darker than this are background when a generated blob is cropped to its ink, as
@@ -237,7 +239,8 @@ class LineReader:
             onnx = (folder / ONNX_FILE).read_bytes()
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             raise ModelError(f"{folder}: no readable line reader ({error})") from None
-        if card.get("input_height") != LINE_HEIGHT or card.get("num_classes") != NUM_CLASSES:
+        made_for = (card.get("input_height"), card.get("stride"), card.get("num_classes"))
+        if made_for != (LINE_HEIGHT, STRIDE, NUM_CLASSES):
             raise ModelError(f"{folder / CARD_FILE}: made for other inputs than this reader's")
         # The card names the file it was saved with: a changed byte is refused, not run.
         if hashlib.sha256(onnx).hexdigest() != card.get("onnx_sha256"):

@@ -55,7 +55,7 @@ class LineTrainConfig:
 
 
 def create_line_model(channels: Sequence[int] = (32, 48, 64, 96), hidden: int = 96) -> Any:
-    """The CRNN: (N, 1, 32, W) pixels -> (N, W / 4, 11) logits, blank first."""
+    """The CRNN: (N, 1, 32, W) pixels -> (N, W / STRIDE, 11) logits, blank first."""
     import torch
     from torch import nn
 
@@ -74,11 +74,11 @@ def create_line_model(channels: Sequence[int] = (32, 48, 64, 96), hidden: int = 
             self.block1 = block(1, first)
             self.pool1 = nn.MaxPool2d(2)  # 32 x W -> 16 x W/2
             self.block2 = block(first, second)
-            self.pool2 = nn.MaxPool2d(2)  # -> 8 x W/4: one frame per STRIDE columns
+            self.pool2 = nn.MaxPool2d((2, 1))  # -> 8 x W/2: one frame per STRIDE columns
             self.block3 = block(second, third)
-            self.pool3 = nn.MaxPool2d((2, 1))  # -> 4 x W/4
+            self.pool3 = nn.MaxPool2d((2, 1))  # -> 4 x W/2
             self.block4 = block(third, fourth)
-            self.collapse = block(fourth, fourth, (4, 1))  # -> 1 x W/4
+            self.collapse = block(fourth, fourth, (4, 1))  # -> 1 x W/2
             self.rnn = nn.GRU(fourth, hidden, batch_first=True, bidirectional=True)
             self.dropout = nn.Dropout(0.1)
             self.head = nn.Linear(2 * hidden, linereader.NUM_CLASSES)
