@@ -60,20 +60,16 @@ def make_set(
 def libraries() -> dict[str, str]:
     """The versions of what draws and encodes the set (numpy's generator, OpenCV, Pillow) and
     of what runs the model: other versions give other files, or other readings of them."""
-    from importlib.metadata import PackageNotFoundError, version
+    import cv2
+    import onnxruntime
+    import PIL
 
-    found = {}
-    for name, package in (
-        ("numpy", "numpy"),
-        ("opencv", "opencv-python-headless"),
-        ("pillow", "pillow"),
-        ("onnxruntime", "onnxruntime"),
-    ):
-        try:
-            found[name] = version(package)
-        except PackageNotFoundError:
-            found[name] = "not installed"
-    return found
+    return {
+        "numpy": np.__version__,
+        "opencv": cv2.__version__,
+        "pillow": PIL.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
 
 
 def write_set(items: Sequence[Item], folder: str | Path) -> list[Path]:
