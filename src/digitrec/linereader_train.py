@@ -74,11 +74,13 @@ def create_line_model(channels: Sequence[int] = (32, 48, 64, 96), hidden: int = 
             self.block1 = block(1, first)
             self.pool1 = nn.MaxPool2d(2)  # 32 x W -> 16 x W/2
             self.block2 = block(first, second)
-            self.pool2 = nn.MaxPool2d((2, 1))  # -> 8 x W/2: one frame per STRIDE columns
+            # -> 8 x W/STRIDE: the first pool halved the width, this one gives the rest of
+            # linereader.STRIDE, the one place the frame width is set.
+            self.pool2 = nn.MaxPool2d((2, linereader.STRIDE // 2))
             self.block3 = block(second, third)
-            self.pool3 = nn.MaxPool2d((2, 1))  # -> 4 x W/2
+            self.pool3 = nn.MaxPool2d((2, 1))  # -> 4 x W/STRIDE
             self.block4 = block(third, fourth)
-            self.collapse = block(fourth, fourth, (4, 1))  # -> 1 x W/2
+            self.collapse = block(fourth, fourth, (4, 1))  # -> 1 x W/STRIDE
             self.rnn = nn.GRU(fourth, hidden, batch_first=True, bidirectional=True)
             self.dropout = nn.Dropout(0.1)
             self.head = nn.Linear(2 * hidden, linereader.NUM_CLASSES)
