@@ -4,6 +4,7 @@ not digits, the same for the same seed, and a training split that really grows b
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from digitrec import pagecrops
 from digitrec.config import DataConfig, recipe
@@ -41,3 +42,31 @@ def test_page_crops_grow_the_training_split_and_the_outliers(mnist):
     more = with_outlier_images(splits, config)
     assert len(more.train.outliers) == len(plain.train.outliers) + len(plain.train.outliers) // 3
     assert with_page_crops(splits, recipe("fast")) is splits  # off unless asked for
+
+
+def test_kind_shares_weigh_the_kinds_named_and_refuse_others():
+    kinds = pagecrops.DIGIT_KINDS
+    shares = pagecrops.kind_shares({"lowres": 3})
+    # Every other kind weighs 1, so lowres holds 3 of (len - 1) + 3 parts.
+    assert shares[kinds.index("lowres")] == pytest.approx(3 / (len(kinds) + 2))
+    assert shares[kinds.index("paper")] == pytest.approx(1 / (len(kinds) + 2))
+    assert np.allclose(pagecrops.kind_shares(), 1 / len(kinds))
+    with pytest.raises(ValueError, match="touching"):  # read by the line reader, not cut
+        pagecrops.kind_shares({"touching": 2})
+    with pytest.raises(ValueError, match=">= 0"):
+        pagecrops.kind_shares({"lowres": -1})
+
+
+def test_page_digits_draw_the_kinds_their_weights_ask_for(mnist, monkeypatch):
+    drawn = []
+    render = pagecrops.synth.render
+
+    def recording(kind, *args, **kwargs):
+        drawn.append(kind)
+        return render(kind, *args, **kwargs)
+
+    monkeypatch.setattr(pagecrops.synth, "render", recording)
+    only = {kind: 0.0 for kind in pagecrops.DIGIT_KINDS if kind not in ("lowres", "grid")}
+    images, labels = mnist.train_images[:300], mnist.train_labels[:300]
+    pagecrops.page_digits(images, labels, 30, np.random.default_rng(2), only)
+    assert drawn and set(drawn) <= {"lowres", "grid"}

@@ -84,6 +84,10 @@ class TrainConfig:
     # synthetic pages, as a share of the training digits added to them, and marks cut from
     # pages added to the outliers (a third as many again); 0 = off.
     page_crops: float = 0.0
+    # How often each kind of page is drawn for those digits, relative to the others (a kind not
+    # named weighs 1): far-away photos hand the model blurred, blocky crops that no MNIST
+    # augmentation imitates well, so the robust recipe draws them most.
+    page_weights: dict[str, float] = field(default_factory=dict)
     # Steps between saves of the training state (`last.safetensors`), besides every epoch's
     # end, so a run killed part-way through an epoch resumes there; 0 = epoch ends only. A save
     # takes about as long as one step, so the cost stays a small fraction of training.
@@ -163,6 +167,10 @@ RECIPES: dict[str, TrainConfig] = {
         ),
         # Letters, symbols and wrong cuts of touching digits must read unsure.
         outliers=0.25,
+        # Half as many digits again, as the pipeline cuts them from synthetic pages; seven
+        # pages in ten are far-away photos, whose crops MNIST and its augmentation resemble least.
+        page_crops=0.5,
+        page_weights={"lowres": 40.0},
     ),
     # pytorch/examples mnist/main.py: Adadelta lr 1.0, StepLR gamma 0.7, batch 64, 14 epochs.
     "reference-pytorch": TrainConfig(

@@ -19,6 +19,8 @@ All randomness comes from the generator passed in.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from digitrec import outliers, preprocess, synth
@@ -31,15 +33,34 @@ DIGIT_KINDS = tuple(
 )
 
 
+def kind_shares(weights: Mapping[str, float] | None = None) -> np.ndarray:
+    """The probability of each of `DIGIT_KINDS` given relative ``weights`` (a kind not named
+    weighs 1); a ValueError names a kind that is not one of them or a negative weight."""
+    weights = dict(weights or {})
+    unknown = sorted(set(weights) - set(DIGIT_KINDS))
+    if unknown:
+        raise ValueError(f"page kinds {unknown} are not among {', '.join(DIGIT_KINDS)}")
+    shares = np.array([float(weights.get(kind, 1.0)) for kind in DIGIT_KINDS])
+    if (shares < 0).any() or shares.sum() <= 0:
+        raise ValueError(f"page kind weights must be >= 0, some > 0: {weights}")
+    return shares / shares.sum()
+
+
 def page_digits(
-    images: np.ndarray, labels: np.ndarray, count: int, rng: np.random.Generator
+    images: np.ndarray,
+    labels: np.ndarray,
+    count: int,
+    rng: np.random.Generator,
+    weights: Mapping[str, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """About ``count`` (N, 28, 28) uint8 crops with their labels, cut by the pipeline from pages
-    of `DIGIT_KINDS` drawn with ``images`` (uint8 MNIST training digits) and ``labels``."""
+    of `DIGIT_KINDS`, drawn as often as ``weights`` say (`kind_shares`), with ``images`` (uint8
+    MNIST training digits) and ``labels``."""
+    shares = kind_shares(weights)
     crops, found = [], []
     attempts = 0
     while len(crops) < count and attempts < 4 * count:
-        kind = DIGIT_KINDS[int(rng.integers(len(DIGIT_KINDS)))]
+        kind = DIGIT_KINDS[int(rng.choice(len(DIGIT_KINDS), p=shares))]
         chosen = rng.choice(len(labels), size=synth.digits_needed(kind), replace=False)
         data, _, label = synth.render(
             kind, [images[i] for i in chosen], rng, labels=[int(labels[i]) for i in chosen]

@@ -398,7 +398,9 @@ def with_page_crops(splits: Splits, config: TrainConfig) -> Splits:
     train = splits.train
     images, labels = train.images[:, 0].cpu().numpy(), train.labels.cpu().numpy()
     count = max(1, round(len(labels) * config.page_crops))
-    crops, found = page_digits(images, labels, count, np.random.default_rng(config.seed + 1))
+    crops, found = page_digits(
+        images, labels, count, np.random.default_rng(config.seed + 1), config.page_weights
+    )
     device = train.images.device
     added = Split(
         torch.cat([train.images, torch.from_numpy(crops).unsqueeze(1).to(device)]),
