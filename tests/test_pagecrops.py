@@ -3,10 +3,13 @@ not digits, the same for the same seed, and a training split that really grows b
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 
 from digitrec import pagecrops
+from digitrec.cli import ProgressBar
 from digitrec.config import DataConfig, recipe
 from digitrec.data import make_splits
 from digitrec.recognize import Recognizer
@@ -35,8 +38,10 @@ def test_page_marks_are_crops_of_marks():
 def test_page_crops_grow_the_training_split_and_the_outliers(mnist):
     splits = make_splits(mnist, DataConfig(subset=200, validation_size=500))
     config = recipe("robust", page_crops=0.1, outliers=0.25)
-    grown = with_page_crops(splits, config)
+    events = []
+    grown = with_page_crops(splits, config, events.append)
     assert len(grown.train) == 200 + 20
+    assert events == [{"event": "prepare", "message": "cutting 20 digits from synthetic pages"}]
     assert grown.validation is splits.validation and grown.test is splits.test
     plain = with_outlier_images(splits, recipe("robust", outliers=0.25, page_crops=0.0))
     more = with_outlier_images(splits, config)
@@ -70,3 +75,9 @@ def test_page_digits_draw_the_kinds_their_weights_ask_for(mnist, monkeypatch):
     images, labels = mnist.train_images[:300], mnist.train_labels[:300]
     pagecrops.page_digits(images, labels, 30, np.random.default_rng(2), only)
     assert drawn and set(drawn) <= {"lowres", "grid"}
+
+
+def test_the_progress_bar_says_what_training_prepares():
+    stream = io.StringIO()
+    ProgressBar(stream)({"event": "prepare", "message": "cutting 20 digits from synthetic pages"})
+    assert stream.getvalue() == "cutting 20 digits from synthetic pages\n"

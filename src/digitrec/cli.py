@@ -50,6 +50,8 @@ class ProgressBar:
             self.stream.write(
                 f"ensemble member {event['index']}/{event['of']} {event['model_args']}\n"
             )
+        elif kind == "prepare":
+            self.stream.write(f"{event['message']}\n")
         elif kind in ("resume", "warning"):
             self.stream.write(f"{kind}: {event.get('message', event.get('epoch'))}\n")
         self.stream.flush()

@@ -388,9 +388,12 @@ def _with_outliers(
     return torch.cat([images, train.outliers[pick.to(train.outliers.device)]])
 
 
-def with_page_crops(splits: Splits, config: TrainConfig) -> Splits:
+def with_page_crops(
+    splits: Splits, config: TrainConfig, emit: Progress = lambda event: None
+) -> Splits:
     """``splits`` whose training split also holds `config.page_crops` times as many digits
-    again, cut by the pipeline from synthetic pages of its own digits (`digitrec.pagecrops`)."""
+    again, cut by the pipeline from synthetic pages of its own digits (`digitrec.pagecrops`);
+    ``emit`` hears a "prepare" event first, since cutting tens of thousands takes minutes."""
     if config.page_crops <= 0 or len(splits.train) == 0:
         return splits
     from digitrec.pagecrops import page_digits
@@ -398,6 +401,7 @@ def with_page_crops(splits: Splits, config: TrainConfig) -> Splits:
     train = splits.train
     images, labels = train.images[:, 0].cpu().numpy(), train.labels.cpu().numpy()
     count = max(1, round(len(labels) * config.page_crops))
+    emit({"event": "prepare", "message": f"cutting {count:,} digits from synthetic pages"})
     crops, found = page_digits(
         images, labels, count, np.random.default_rng(config.seed + 1), config.page_weights
     )
@@ -562,7 +566,7 @@ def fit(
         torch.manual_seed(config.seed)
         model, history, temperature = _fit_single(
             config,
-            with_outlier_images(with_page_crops(splits, config), config),
+            with_outlier_images(with_page_crops(splits, config, emit), config),
             out_dir,
             emit,
             resume,
