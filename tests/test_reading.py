@@ -308,37 +308,3 @@ def test_blobs_nearly_touching_and_read_unsure_may_be_one_string(gap, sure, in_b
     readings = [[digit(0, 0)], [digit(0, 20 + gap)]]
     # JOIN_GAP of the 30 px height is 3 px.
     assert recognize._may_be_parted(blobs, whole, readings, 0) == parted
-
-
-def test_blur_views_of_a_small_digit_vary_its_stroke_weight_and_size():
-    image = np.zeros((28, 28), np.float32)
-    image[6:22, 12:16] = 0.5  # a blurred upright stroke
-    views = preprocess.blur_views(image)
-    assert views.shape == (5, 28, 28) and views.dtype == np.float32
-    assert np.array_equal(views[0], image)
-    # Thinner then bolder ink, then a smaller and a larger digit about the same centre.
-    assert views[1].sum() > image.sum() > views[2].sum()
-    heights = [int((view > 0.1).any(axis=1).sum()) for view in views[3:]]
-    assert heights[0] < 16 < heights[1]
-
-
-class _MeanOfInk:
-    """A stand-in classifier: its 'probability' of class 1 is the mean ink of the input, so
-    what a reading averaged over shows in the answer."""
-
-    name = "mean-of-ink"
-
-    def probabilities(self, images: np.ndarray) -> np.ndarray:
-        ink = images.reshape(len(images), -1).mean(axis=1)
-        return np.stack([1 - ink, ink, *[np.zeros_like(ink)] * 8], axis=1).astype(np.float32)
-
-
-@pytest.mark.parametrize("height", [12, 40])
-def test_only_a_small_digit_is_read_over_its_blur_views(height):
-    image = np.zeros((28, 28), np.float32)
-    image[6:22, 12:16] = 0.5
-    digit = preprocess.Digit(image, (0, 0, 8, height))
-    card = recognize.Recognizer.load().card
-    whole = recognize.Recognizer(_MeanOfInk(), card)._read([digit])
-    views = preprocess.blur_views(image) if height < recognize.REJECT_MIN_HEIGHT else image[None]
-    assert whole[0, 1] == pytest.approx(views.mean(), rel=1e-5)

@@ -128,9 +128,6 @@ SLIVER_HEIGHT = 0.4
 SLIVER_GAP = 0.05
 # MNIST strokes are about 2.5 px wide once the digit is scaled to the 20x20 box.
 TARGET_STROKE_WIDTH = 2.5
-# The stroke weights (gammas of the ink) and sizes a small blurred digit is also read at.
-BLUR_GAMMAS = (0.6, 1.6)
-BLUR_SCALES = (0.9, 1.1)
 
 
 class ImageError(ValueError):
@@ -475,20 +472,6 @@ def _label(mask: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
     labels[y : y + height, x : x + width] = window_labels
     statistics[1:, :2] += (x, y)
     return count, labels, statistics
-
-
-def blur_views(image: np.ndarray) -> np.ndarray:
-    """A small digit's model input (28, 28) as it is, with its strokes thinner and bolder, and
-    a little smaller and larger: (5, 28, 28) float32. A far-off digit reaches the model as a
-    blur whose stroke weight and size are guesses; reading the views and averaging the
-    probabilities reads it more surely than any one guess."""
-    image = np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
-    views = [image, image ** BLUR_GAMMAS[0], image ** BLUR_GAMMAS[1]]
-    centre = ((IMAGE_SIZE - 1) / 2, (IMAGE_SIZE - 1) / 2)
-    for scale in BLUR_SCALES:
-        matrix = cv2.getRotationMatrix2D(centre, 0.0, scale)
-        views.append(cv2.warpAffine(image, matrix, (IMAGE_SIZE, IMAGE_SIZE)))
-    return np.stack(views).astype(np.float32)
 
 
 def to_mnist(ink: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:

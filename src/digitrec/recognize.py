@@ -58,8 +58,7 @@ EMPTY_SURE = 0.9
 # A solid pen mark (ink reaching SOLID_INK) is reported as not a digit only when it is at least
 # REJECT_MIN_HEIGHT pixels tall: smaller ones (a far-off photo's digits) reach the models as a
 # blur scaled up, which both read unsure or as nothing too often, so there an unsure reading is
-# a digit marked uncertain, and the classifier reads them at several stroke weights and sizes.
-# Faint small marks (a blank page's lighting residue) stay flagged.
+# a digit marked uncertain. Faint small marks (a blank page's lighting residue) stay flagged.
 REJECT_MIN_HEIGHT = 20
 SOLID_INK = 0.5
 
@@ -428,7 +427,8 @@ class Recognizer:
         pages = preprocess.extract_many(images, stages, page=True)
         found = [page.digits for page in pages if not isinstance(page, preprocess.ImageError)]
         digits = [digit for page_digits in found for digit in page_digits]
-        whole = self._read(digits)
+        crops = np.stack([d.image for d in digits]) if digits else np.zeros((0, 28, 28), np.float32)
+        whole = self.probabilities(crops)
         read_as_line = self._read_as_lines(digits, whole)
         readings = [
             line or [_digit_result(digit.image, digit.box, probs, digit.line, _rejectable(digit))]
@@ -448,17 +448,6 @@ class Recognizer:
             full_text = "\n".join(line.text for line in lines if line.text)
             results.append(ImageResult(name, number, read, None, lines, full_text))
         return results
-
-    def _read(self, digits: list[preprocess.Digit]) -> np.ndarray:
-        """The classifier's probabilities for each digit; a digit under REJECT_MIN_HEIGHT px
-        tall is read as the mean over its `preprocess.blur_views`."""
-        crops = [digit.image for digit in digits]
-        whole = self.probabilities(np.stack(crops) if crops else np.zeros((0, 28, 28), np.float32))
-        small = [index for index, digit in enumerate(digits) if digit.box[3] < REJECT_MIN_HEIGHT]
-        if small:
-            views = np.concatenate([preprocess.blur_views(crops[index]) for index in small])
-            whole[small] = self.probabilities(views).reshape(len(small), -1, 10).mean(axis=1)
-        return whole
 
     def _join_parted(
         self,
