@@ -265,6 +265,56 @@ def test_find_digit_boxes_keeps_a_broken_digit_whole_and_drops_specks() -> None:
     assert boxes == [(100, 30, 70, 130)]
 
 
+def _far_page(faint: float, height: int = 12, gap: int = 2) -> np.ndarray:
+    """An ink map of a number seen from afar: a bold 12 px bar-and-bowl digit and, ``gap``
+    digits to its right, a thin 1 at ``faint`` ink, under what Otsu's threshold keeps."""
+    ink = np.zeros((200, 300), np.float32)
+    cv2.circle(ink, (100, 94), height // 3, 1.0, 2)  # a bold 6's bowl
+    ink[88 - height // 3 : 94, 96:98] = 1.0  # and its stem
+    left = 100 + gap * height
+    ink[88 - height // 3 : 88 - height // 3 + height, left] = faint
+    return ink
+
+
+def test_find_digit_boxes_keeps_a_faint_thin_digit_beside_a_bold_one() -> None:
+    ink = _far_page(faint=0.25)
+    boxes = preprocess.find_digit_boxes(ink)
+    # The faint 1 is a digit of its own, as tall as the bold digit, in reading order.
+    assert len(boxes) == 2
+    bold, thin = boxes
+    assert thin[0] == 100 + 2 * 12 and thin[2] == 1 and thin[3] == 12
+    # The bold digit's box is the one found without the faint stroke.
+    assert [bold] == preprocess.find_digit_boxes(_far_page(faint=0.0))
+
+
+@pytest.mark.parametrize(
+    ("faint", "gap", "why"),
+    [
+        (preprocess.FAINT_INK * 0.8, 2, "under FAINT_INK: noise"),
+        (0.25, 4, "beyond two digit heights of the ink: no digit of its number"),
+    ],
+)
+def test_find_digit_boxes_leaves_out_faint_ink_that_is_no_digit(
+    faint: float, gap: int, why: str
+) -> None:
+    assert len(preprocess.find_digit_boxes(_far_page(faint=faint, gap=gap))) == 1, why
+
+
+def test_find_digit_boxes_leaves_faint_ink_beside_large_digits_out() -> None:
+    # Large digits' faint ink is the trace of a ruling or a shadow, not a far-off digit.
+    small = _far_page(faint=0.25)
+    large = cv2.resize(small, None, fx=2.0, fy=2.0, interpolation=cv2.INTER_NEAREST)
+    (bold,) = preprocess.find_digit_boxes(large)
+    assert bold[3] >= preprocess.FAINT_BELOW
+
+
+def test_find_digit_boxes_keeps_a_faint_digit_whole_where_specks_of_it_pass() -> None:
+    ink = _far_page(faint=0.25)
+    ink[88:90, 124] = 1.0  # two pixels of the faint 1 as dark as the bold digit
+    boxes = preprocess.find_digit_boxes(ink)
+    assert len(boxes) == 2 and boxes[1][3] == 12
+
+
 @pytest.mark.parametrize("kind", ["zeros", "white", "faint-noise", "gradient-jpeg"])
 def test_find_digit_boxes_finds_nothing_on_a_blank_page(kind: str) -> None:
     rng = np.random.default_rng(1)
@@ -337,6 +387,13 @@ def test_to_mnist_thickens_a_thin_pen_on_a_big_canvas() -> None:
     assert image.max() > 0.8
     assert 40 < (image > 0.5).sum() < 160
     assert image[14, 14] < 0.1  # the hole of the 0 stays open
+
+
+def test_to_mnist_reads_a_faint_mark_at_full_contrast() -> None:
+    ink = preprocess.to_ink(_page([7]))
+    (box,) = preprocess.find_digit_boxes(ink)
+    dark = preprocess.to_mnist(ink, box)
+    np.testing.assert_allclose(preprocess.to_mnist(0.3 * ink, box), dark, atol=1e-5)
 
 
 def test_to_mnist_of_an_empty_box_is_black() -> None:

@@ -116,6 +116,13 @@ NOISE_SAMPLE = 20_000
 MIN_INK_THRESHOLD = 0.3
 # Components smaller than this fraction of the image's shorter side are specks of dust or noise.
 MIN_SPECK_FRACTION = 0.02
+# On a page whose tallest mark is under FAINT_BELOW px (a page seen from afar) and has no paper
+# structure, a thin stroke fades to a grey that Otsu's threshold leaves out or breaks into
+# specks. Ink above FAINT_INK makes a mark of its own where no piece of it over the threshold
+# spans FAINT_SHARE of its height.
+FAINT_BELOW = 20
+FAINT_INK = 0.12
+FAINT_SHARE = 0.6
 # Components touching an image edge along this fraction of their extent (and at least
 # EDGE_MIN_FRACTION of that image side) are page edges or shadow bands, not digits.
 EDGE_CONTACT_FRACTION = 0.5
@@ -368,7 +375,7 @@ def _read_layout(
 ) -> _Layout:
     """The layout of the digits in ``ink``; ``ink_bytes`` as for `_ink_components`;
     ``structure``, the paper structure erased from ``ink``, if any."""
-    labels, components = _ink_components(ink, ink_bytes)
+    labels, components = _ink_components(ink, ink_bytes, faint=structure is None)
     minimum_side = max(2.0, MIN_SPECK_FRACTION * min(ink.shape))
     # A speck is small in both directions; a thin 1 is narrow but tall. Specks are kept until
     # the separators are read, since a decimal point is one.
@@ -409,11 +416,12 @@ def _read_layout(
 
 
 def _ink_components(
-    ink: np.ndarray, ink_bytes: np.ndarray | None = None
+    ink: np.ndarray, ink_bytes: np.ndarray | None = None, faint: bool = False
 ) -> tuple[np.ndarray, list[tuple[int, tuple[int, int, int, int], int]]]:
     """Label the thresholded ink map; return the labels and the (label, box, area) of every
     component of two pixels or more that does not lie along an image edge. ``ink_bytes`` is
-    the ink map in 0..255 (`_ink_bytes`) when the caller has it already."""
+    the ink map in 0..255 (`_ink_bytes`) when the caller has it already; with ``faint``, the
+    faint marks of a page of small digits are components too (`_with_faint_marks`)."""
     if ink_bytes is None:
         ink_bytes = _ink_bytes(ink)
     if int(ink_bytes.max()) < MIN_INK_THRESHOLD * 255:
@@ -424,6 +432,10 @@ def _ink_components(
     if otsu < int(MIN_INK_THRESHOLD * 255):
         _, mask = cv2.threshold(ink_bytes, MIN_INK_THRESHOLD * 255, 255, cv2.THRESH_BINARY)
     count, labels, statistics = _label(mask)
+    if faint:
+        with_faint = _with_faint_marks(ink_bytes, mask, labels, statistics)
+        if with_faint is not None:
+            count, labels, statistics = _label(with_faint)
     # How many pixels of each component lie on each image edge: top, bottom, left, right.
     edges = [labels[0, :], labels[-1, :], labels[:, 0], labels[:, -1]]
     contacts = [np.bincount(edge, minlength=count) for edge in edges]
@@ -447,6 +459,41 @@ def _ink_components(
             continue
         components.append((label, (x, y, width, height), area))
     return labels, components
+
+
+def _with_faint_marks(
+    ink_bytes: np.ndarray, mask: np.ndarray, labels: np.ndarray, statistics: np.ndarray
+) -> np.ndarray | None:
+    """``mask`` with the faint marks near its ink added, on a page whose tallest component
+    (``labels`` and ``statistics`` of `_label`) is under FAINT_BELOW px; None when there are
+    none. A faint mark is a component of the ink over FAINT_INK that no component of ``mask``
+    spans FAINT_SHARE of the height of: a thin digit beside bold ones, or one broken in specks."""
+    heights = statistics[1:, cv2.CC_STAT_HEIGHT]
+    tallest = int(heights.max(initial=0))
+    if not 0 < tallest < FAINT_BELOW:
+        return None
+    # Only near the ink: a mark more than two digits away from it is no digit of its number.
+    x, y, width, height = cv2.boundingRect(mask)
+    top, left = max(y - 2 * tallest, 0), max(x - 2 * tallest, 0)
+    window = (slice(top, y + height + 2 * tallest), slice(left, x + width + 2 * tallest))
+    _, low = cv2.threshold(ink_bytes[window], FAINT_INK * 255, 255, cv2.THRESH_BINARY)
+    count, low_labels, low_statistics, _ = cv2.connectedComponentsWithStats(
+        low, connectivity=8, ltype=cv2.CV_32S
+    )
+    # Every component of the mask lies within one of the fainter ink: the reach of the tallest.
+    strong = labels[window]
+    inked = strong > 0
+    low_of = np.zeros(len(statistics), np.int64)
+    low_of[strong[inked]] = low_labels[inked]
+    reach = np.zeros(count, np.int64)
+    np.maximum.at(reach, low_of[1:], heights)
+    faint = reach < FAINT_SHARE * low_statistics[:, cv2.CC_STAT_HEIGHT]
+    faint[0] = False
+    if not faint.any():
+        return None
+    merged = mask.copy()
+    merged[window][faint[low_labels]] = 255
+    return merged
 
 
 def _ink_bytes(ink: np.ndarray) -> np.ndarray:
@@ -482,8 +529,11 @@ def to_mnist(ink: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
     ink = np.asarray(ink, dtype=np.float32)
     x, y, width, height = (int(value) for value in box)
     crop = ink[max(y, 0) : y + height, max(x, 0) : x + width]
-    if crop.size == 0 or float(crop.max()) <= 0.0:
+    peak = float(crop.max()) if crop.size else 0.0
+    if peak <= 0.0:
         return np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
+    if peak < 1.0:  # a faint mark reads as well as a dark one
+        crop = crop / peak
     height, width = crop.shape
     scale = BOX_SIZE / max(height, width)
 
