@@ -480,7 +480,8 @@ def _with_faint_marks(
     count, low_labels, low_statistics, _ = cv2.connectedComponentsWithStats(
         low, connectivity=8, ltype=cv2.CV_32S
     )
-    # Every component of the mask lies within one of the fainter ink: the reach of the tallest.
+    # Each component of the mask lies inside one of the fainter ink; the reach of a faint
+    # component is the height of the tallest component of the mask inside it.
     strong = labels[window]
     inked = strong > 0
     low_of = np.zeros(len(statistics), np.int64)
