@@ -501,6 +501,24 @@ def test_specks_of_dirt_are_no_separators() -> None:
     assert page.separators == []
 
 
+def test_the_bar_of_a_3_broken_in_pieces_is_no_minus() -> None:
+    # 4, then a 3 written in three strokes that do not touch (each too short to be a digit on
+    # its own), then 7: the 3's flat bar at mid-height has the shape of a minus sign.
+    sheet = Sheet(200, 320)
+    base, top = 130, 130 - HEIGHT
+    middle = base - HEIGHT / 2
+    drawn = [sheet.write(4, 60, base, seed=4)]
+    left = drawn[0][0] + drawn[0][2] + 18
+    sheet.stroke([(left, top + 4), (left + 20, top + 2), (left + 22, top + 14)], 4)
+    sheet.stroke([(left + 4, middle), (left + 22, middle)], 4)
+    sheet.stroke([(left + 24, middle + 8), (left + 22, base - 2), (left, base - 2)], 4)
+    drawn.append((left - 2, top, 28, HEIGHT + 1))
+    drawn.append(sheet.write(7, left + 44, base, seed=7))
+    page = preprocess.extract_page(sheet.png())
+    assert page.separators == []
+    _assert_boxes(_digit_boxes(page), drawn, slack=5)
+
+
 def _stroke_between_digits(degrees: float, flag: bool, bow: float = 0.0, pen: int = 4) -> list[str]:
     """The separators read in 4?7, where ? is a stroke as tall as the digits leaning right by
     ``degrees``, with a 1's flag at its top if ``flag``, its middle pushed ``bow`` px to the

@@ -1082,9 +1082,22 @@ def _read_marks(
             found.append((",", (index,)))
         elif index in dots and between and _on_baseline(box, base, height):
             found.append((".", (index,)))
-        elif _is_minus(box, cap, base, height):
+        elif _is_minus(box, cap, base, height) and not _under_or_over(index, marks, boxes, height):
             found.append(("-", (index,)))
     return found
+
+
+def _under_or_over(index: int, marks: list[int], boxes: np.ndarray, height: float) -> bool:
+    """Whether another mark at least DOT_SIZE[0] of the digit height across lies above or
+    below mark ``index``, over GAP_OVERLAP of its columns: the bar of a 3 broken in pieces, not
+    a minus sign, which has its gap to itself."""
+    x, _, width, _ = boxes[index]
+    others = boxes[[other for other in marks if other != index]]
+    if len(others) == 0:
+        return False
+    sized = np.maximum(others[:, 2], others[:, 3]) >= DOT_SIZE[0] * height
+    overlap = np.minimum(x + width, others[:, 0] + others[:, 2]) - np.maximum(x, others[:, 0])
+    return bool((sized & (overlap > GAP_OVERLAP * width)).any())
 
 
 def _in_gap(box: np.ndarray, digits: np.ndarray, height: float, digit_before: bool) -> bool:
