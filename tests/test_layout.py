@@ -350,6 +350,23 @@ def test_circle_around_a_digit_is_removed() -> None:
     _assert_boxes(_digit_boxes(page), drawn)
 
 
+def test_a_wide_ellipse_around_a_number_is_removed_whole() -> None:
+    # An ellipse around 25 three times as wide as tall: its top and bottom are long enough to
+    # pass for lines, and its sides must not be left behind as a "(" and a ")".
+    sheet = Sheet(240, 420)
+    drawn = _row(sheet, [2, 5], left=150, bottom=145, gap=20)
+    centre_x = (drawn[0][0] + drawn[1][0] + drawn[1][2]) / 2
+    sheet.stroke(
+        [
+            (centre_x + 150 * np.cos(angle), 120 + 55 * np.sin(angle))
+            for angle in np.linspace(0, 2 * np.pi, 90)
+        ],
+        4,
+    )
+    page = preprocess.extract_page(sheet.png())
+    _assert_boxes(_digit_boxes(page), drawn)
+
+
 @pytest.mark.parametrize(
     "colour, offset", [(RULE, 0), (PEN, -3)], ids=["on-a-blue-rule", "on-a-dark-rule"]
 )

@@ -131,6 +131,12 @@ def remove_structure(ink: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     # Horizontal lines first, then vertical ones on what is left: where a rule meets the margin
     # line each pass sees the other line as a crossing stroke, and the second pass, with the
     # first line already gone around the crossing, erases the crossing as well.
+    # Outlines go first, while whole: the top and bottom of an ellipse around a number are long
+    # enough to pass for lines, and erased as lines they would leave its sides as a "(" and ")".
+    # Not where vertical lines were found: a form's comb is erased as lines, its walls kept
+    # where strokes lie along them.
+    if enclosed and not vertical.any():
+        _erase_enclosures(clean, removed, digit_height * factor)
     bands = np.zeros(ink.shape, bool)
     _erase_lines(clean, removed, bands, horizontal, factor, (height_limit, 0))
     vertical = np.ascontiguousarray(vertical.T)
