@@ -128,15 +128,15 @@ def remove_structure(ink: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     clean = ink.copy()
     removed = np.zeros_like(ink)
     height_limit = MAX_THICKNESS_TO_DIGIT * digit_height * factor + 2
-    # Horizontal lines first, then vertical ones on what is left: where a rule meets the margin
-    # line each pass sees the other line as a crossing stroke, and the second pass, with the
-    # first line already gone around the crossing, erases the crossing as well.
     # Outlines go first, while whole: the top and bottom of an ellipse around a number are long
     # enough to pass for lines, and erased as lines they would leave its sides as a "(" and ")".
     # Not where vertical lines were found: a form's comb is erased as lines, its walls kept
     # where strokes lie along them.
     if enclosed and not vertical.any():
         _erase_enclosures(clean, removed, digit_height * factor)
+    # Horizontal lines first, then vertical ones on what is left: where a rule meets the margin
+    # line each pass sees the other line as a crossing stroke, and the second pass, with the
+    # first line already gone around the crossing, erases the crossing as well.
     bands = np.zeros(ink.shape, bool)
     _erase_lines(clean, removed, bands, horizontal, factor, (height_limit, 0))
     vertical = np.ascontiguousarray(vertical.T)
@@ -870,7 +870,7 @@ def _is_underline(boxes: np.ndarray, index: int, digit_height: float) -> bool:
     if width < 4 * height or height > 0.3 * digit_height:
         return False
     others = boxes[boxes[:, 3] >= 0.5 * digit_height]
-    overlap = np.minimum(x + width, others[:, 0] + others[:, 2]) - np.maximum(x, others[:, 0])
+    overlap = _shared_columns(x, width, others)
     bottoms = others[:, 1] + others[:, 3]
     over = others[
         (overlap >= 0.5 * others[:, 2])
@@ -1102,8 +1102,14 @@ def _under_or_over(index: int, marks: list[int], boxes: np.ndarray, height: floa
     if len(others) == 0:
         return False
     sized = np.maximum(others[:, 2], others[:, 3]) >= DOT_SIZE[0] * height
-    overlap = np.minimum(x + width, others[:, 0] + others[:, 2]) - np.maximum(x, others[:, 0])
+    overlap = _shared_columns(x, width, others)
     return bool((sized & (overlap > GAP_OVERLAP * width)).any())
+
+
+def _shared_columns(x: float, width: float, boxes: np.ndarray) -> np.ndarray:
+    """How many columns the span from ``x``, ``width`` wide, shares with each of ``boxes``
+    (negative: how far apart they are)."""
+    return np.minimum(x + width, boxes[:, 0] + boxes[:, 2]) - np.maximum(x, boxes[:, 0])
 
 
 def _in_gap(box: np.ndarray, digits: np.ndarray, height: float, digit_before: bool) -> bool:
@@ -1111,7 +1117,7 @@ def _in_gap(box: np.ndarray, digits: np.ndarray, height: float, digit_before: bo
     after it and, if ``digit_before``, one close before it."""
     x, _, width, _ = box
     right = digits[:, 0] + digits[:, 2]
-    overlap = np.minimum(x + width, right) - np.maximum(x, digits[:, 0])
+    overlap = _shared_columns(x, width, digits)
     if (overlap > GAP_OVERLAP * width).any():
         return False
     centre = x + width / 2

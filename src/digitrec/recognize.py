@@ -427,7 +427,10 @@ class Recognizer:
         pages = preprocess.extract_many(images, stages, page=True)
         found = [page.digits for page in pages if not isinstance(page, preprocess.ImageError)]
         digits = [digit for page_digits in found for digit in page_digits]
-        crops = np.stack([d.image for d in digits]) if digits else np.zeros((0, 28, 28), np.float32)
+        size = preprocess.IMAGE_SIZE
+        crops = (
+            np.stack([d.image for d in digits]) if digits else np.zeros((0, size, size), np.float32)
+        )
         whole = self.probabilities(crops)
         read_as_line = self._read_as_lines(digits, whole)
         readings = [
